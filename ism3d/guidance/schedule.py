@@ -1,0 +1,106 @@
+"""The random draws of one guidance step: the timestep t (with the ISM interval) and the noise.
+
+Pure functions of the step or of `warm`; every random number comes from a `torch.Generator`
+passed in by the trainer (guidance never creates one), so a run is reproducible from its seed.
+Spec: shared/spec/ism.md, "ISM gradient for one iteration", step 1, and "Noise".
+"""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from ..config import GuidanceConfig
+
+
+class GuidanceError(ValueError):
+    """The guidance settings cannot work with this prior or input (the message says which key)."""
+
+
+def warm(step: int, warmup_iters: int) -> float:
+    """warm = 1 - min(step / warmup_iters, 1): 1 at step 0, 0 from `warmup_iters` on."""
+    assert warmup_iters >= 1, warmup_iters
+    return 1.0 - min(step / warmup_iters, 1.0)
+
+
+def _snap(x: float) -> float:
+    """`x` rounded to the nearest integer when within 1e-9 of it, so ceil/floor of products like
+    (1 - 0.7) * 20 = 6.000000000000001 give the intended 6, not 7."""
+    r = round(x)
+    return float(r) if abs(x - r) < 1e-9 else x
+
+
+def interval_and_range(warm: float, cfg: "GuidanceConfig") -> tuple[int, int, int]:
+    """The ISM interval dT and the timestep range [t_lo, t_hi) at a given `warm` (spec step 1).
+
+        dT   = delta_t + ceil(warm * (delta_t_start - delta_t))   (floor if cfg.delta_t_rounding)
+        t_lo = t_min
+        t_hi = t_max_end + floor(warm * (t_max_start - t_max_end))   (exclusive)
+
+    Args:
+        warm: in [0, 1], from `warm(step, warmup_iters)`.
+        cfg: the guidance config (delta_t, delta_t_start, delta_t_rounding, t_min, t_max_*).
+
+    Returns:
+        `(dT, t_lo, t_hi)` as Python ints, timestep units (index into alphas_cumprod).
+    """
+    assert 0.0 <= warm <= 1.0, warm
+    if cfg.delta_t_rounding not in ("ceil", "floor"):
+        raise GuidanceError(f"guidance.delta_t_rounding must be ceil or floor, got {cfg.delta_t_rounding!r}")
+    rnd = math.ceil if cfg.delta_t_rounding == "ceil" else math.floor
+    dT = cfg.delta_t + int(rnd(_snap(warm * (cfg.delta_t_start - cfg.delta_t))))
+    t_hi = cfg.t_max_end + int(math.floor(_snap(warm * (cfg.t_max_start - cfg.t_max_end))))
+    return dT, cfg.t_min, t_hi
+
+
+def sample_t(warm: float, cfg: "GuidanceConfig", generator: torch.Generator) -> tuple[int, int, int]:
+    """Draw ONE timestep t for the whole batch and its interval start s (spec step 1).
+
+        t ~ UniformInt[t_lo, t_hi);   s = max(t - dT, 0)
+
+    One `torch.randint` draw from `generator` (on the generator's device).
+
+    Args:
+        warm: in [0, 1].
+        cfg: the guidance config.
+        generator: the trainer's generator.
+
+    Returns:
+        `(t, s, dT)` as Python ints.
+    """
+    dT, t_lo, t_hi = interval_and_range(warm, cfg)
+    if t_hi <= t_lo:
+        raise GuidanceError(f"empty timestep range [{t_lo}, {t_hi}): need guidance.t_min < guidance.t_max_end")
+    t = int(torch.randint(t_lo, t_hi, (1,), generator=generator, device=generator.device).item())
+    return t, max(t - dT, 0), dT
+
+
+def sample_noise(shape: tuple[int, int, int, int], offset: float, generator: torch.Generator,
+                 device: torch.device | str) -> Tensor:
+    """Gaussian noise with optional "offset noise" (spec "Noise").
+
+        noise = randn(B, C, h, w) + offset * randn(1, C, 1, 1)
+
+    Drawn in float32 on the generator's device (so the stream does not depend on the prior's
+    dtype), then moved to `device`. The second draw is made only when `offset > 0`.
+
+    Args:
+        shape: `(B, C, h, w)`.
+        offset: offset-noise strength k (0 disables).
+        generator: the trainer's generator.
+        device: where the result goes.
+
+    Returns:
+        `[B, C, h, w]` float32 on `device`.
+    """
+    assert len(shape) == 4, shape
+    B, C, h, w = shape
+    gdev = generator.device
+    noise = torch.randn(B, C, h, w, generator=generator, device=gdev, dtype=torch.float32)
+    if offset > 0:
+        noise = noise + offset * torch.randn(1, C, 1, 1, generator=generator, device=gdev,
+                                             dtype=torch.float32)
+    return noise.to(device)
