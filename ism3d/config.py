@@ -67,7 +67,8 @@ class CameraConfig:
     fovy_floor: float = 0.16
     # Steps between two decays of radius and fovy
     decay_every: int = 500
-    # Jitter (std, world units) of the camera centre, of the look-at target, and of the up vector
+    # Jitter (world units), as the reference: the camera centre moves U[-j/2, j/2) per axis; the
+    # look-at target and the up vector get gaussian noise of std jitter_target / jitter_up
     jitter_center: float = 0.05
     jitter_target: float = 0.05
     jitter_up: float = 0.01
@@ -101,6 +102,9 @@ class PriorConfig:
     latent: Literal["mean", "sample"] = "mean"
     # Pass local_files_only to diffusers: never touch the network
     offline: bool = False
+    # For a single .safetensors/.ckpt file: a diffusers folder or hub id with the configs of the
+    # same architecture ("" = let diffusers infer it; SD 2.x files then count as 768px v-prediction)
+    single_file_config: str = ""
 
 
 @dataclass
@@ -176,6 +180,9 @@ class StrategyConfig:
     stats_views: Literal["all", "last"] = "all"
     # Never grow past this many gaussians (0 = no cap)
     max_gaussians: int = 1_000_000
+    # Multiply screen-space gradients by the number of rendered views B (gsplat does): undoes a
+    # mean over views in the loss; set false when the loss sums over views (guidance.reduce=sum)
+    grad_scale_views: bool = True
 
 
 @dataclass
