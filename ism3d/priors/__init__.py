@@ -1,0 +1,67 @@
+"""Diffusion priors: the `DiffusionPrior` protocol and `load_prior`, the one way to get a prior.
+
+`load_prior(cfg.prior, device)` takes any name:
+- "tiny": a seeded random-weight 32x32 pixel prior (tests, smoke runs; `pixel.PixelPrior.tiny`);
+- a folder or `.safetensors` file written by `PixelPrior.save_pretrained` (e.g. a trained toy prior);
+- anything else is Stable Diffusion (`stable_diffusion.py`): a hub id, a diffusers folder, or a
+  single original-layout `.safetensors`/`.ckpt` file.
+
+The Stable Diffusion module (and diffusers) is imported only when needed, so `resolve_prior`
+stays cheap and `python -m ism3d.priors.stable_diffusion` runs cleanly.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from .base import DiffusionPrior, PriorError, PromptError
+from .pixel import PixelPrior, is_pixel_prior
+
+if TYPE_CHECKING:
+    from ism3d.config import PriorConfig
+
+    from .stable_diffusion import StableDiffusionPrior
+
+__all__ = ["DiffusionPrior", "PriorError", "PromptError", "PixelPrior", "StableDiffusionPrior",
+           "load_prior", "resolve_prior"]
+
+
+def resolve_prior(name: str, offline: bool = False) -> str:
+    """"tiny", an existing local path, or a hub id to download; raises PriorError (one line) for
+    a missing path or a hub model that is neither cached nor reachable. Loads nothing."""
+    from .stable_diffusion import resolve_prior as _resolve
+
+    return _resolve(name, offline=offline)
+
+
+def load_prior(cfg: "PriorConfig", device: torch.device | str) -> DiffusionPrior:
+    """Build the prior named by `cfg.name` on `device`, frozen and in eval mode.
+
+    Args:
+        cfg: `PriorConfig` (name, dtype, latent, offline, single_file_config).
+        device: torch device of all the prior's computations.
+
+    Returns:
+        A `DiffusionPrior`: `PixelPrior` for "tiny" and pixel-prior files, else `StableDiffusionPrior`.
+
+    Raises:
+        PriorError: the prior cannot be found or loaded (one line saying what to do).
+    """
+    from .stable_diffusion import load_stable_diffusion, resolve_dtype
+
+    device = torch.device(device)
+    loc = resolve_prior(cfg.name, offline=cfg.offline)
+    if loc == "tiny":
+        return PixelPrior.tiny(device, dtype=resolve_dtype(cfg.dtype, device, auto=torch.float32))
+    if is_pixel_prior(loc):
+        return PixelPrior.from_pretrained(loc, device, dtype=resolve_dtype(cfg.dtype, device, auto=torch.float32))
+    return load_stable_diffusion(loc, device, cfg.dtype, cfg.latent, cfg.single_file_config, cfg.offline,
+                                 name=cfg.name)
+
+
+def __getattr__(name: str):
+    if name == "StableDiffusionPrior":
+        from .stable_diffusion import StableDiffusionPrior
+        return StableDiffusionPrior
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
