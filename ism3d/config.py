@@ -275,7 +275,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
         },
     ),
     "tiny": (
-        "random-weight tiny pixel prior, 2k gaussians, 32x32: for tests and smoke runs (CPU, seconds)",
+        "random-weight tiny pixel prior, 1k-3k gaussians, 32x32: for tests and smoke runs (CPU, seconds)",
         {
             "prior.name": "tiny",
             "train.iters": 30,
@@ -284,7 +284,8 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
             "train.preview_every": 10,
             "render.width": 32,
             "render.height": 32,
-            "init.num_points": 2000,
+            "init.num_points": 1000,
+            "strategy.max_gaussians": 3000,
             "guidance.warmup_iters": 10,
             "guidance.perp_neg": False,
             "strategy.densify_from": 5,

@@ -1,0 +1,235 @@
+"""Command line: parse, check, call. No logic of its own beyond turning errors into exit codes.
+
+Exit codes: 0 done; 1 the run failed (e.g. diverged); 2 bad input (nothing heavy was started and no
+output was written); 130 interrupted with Ctrl-C (a resumable checkpoint was written).
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+from . import __version__
+from . import config as C
+
+EPILOG_GENERATE = """\
+config overrides:
+  Any config key can be set as section.key=value after the prompt, e.g.
+    ism3d generate "a red cube" train.iters=200 guidance.scale=5 render.width=256
+  `ism3d generate --help-config` lists every key with its default and meaning.
+  Precedence: preset < --config file < flags (--iters, --seed, ...) < KEY=VALUE.
+
+presets:
+{presets}
+
+outputs (in --out, default outputs/<prompt>):
+  gaussians.ply  turntable.mp4  turntable.gif  views.png  config.yaml  summary.json  checkpoints/
+
+exit codes: 0 done, 1 run failed, 2 bad input (nothing written), 130 interrupted (resumable)
+"""
+
+
+def _presets_text() -> str:
+    return "\n".join(f"  {k:<7} {v[0]}" + (" [default]" if k == C.DEFAULT_PRESET else "")
+                     for k, v in C.PRESETS.items())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ism3d",
+        description="Text to 3D Gaussian Splatting by Interval Score Matching (LucidDreamer).",
+    )
+    p.add_argument("--version", action="version", version=f"ism3d {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    g = sub.add_parser(
+        "generate", help="optimise a 3D asset for a text prompt",
+        description="Optimise 3D gaussians so that renders from every side match PROMPT under a "
+                    "text-to-image diffusion prior (ISM by default, or SDS).",
+        epilog=EPILOG_GENERATE.format(presets=_presets_text()),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    g.add_argument("prompt", nargs="?", help="what to make, e.g. \"a red cube\"")
+    g.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="config overrides such as train.iters=200 (see --help-config)")
+    g.add_argument("--out", metavar="DIR", help="run folder (default: outputs/<prompt as a name>)")
+    g.add_argument("--preset", default=None, choices=list(C.PRESETS),
+                   help=f"starting recipe (default: {C.DEFAULT_PRESET}; see below)")
+    g.add_argument("--config", metavar="FILE.yaml",
+                   help="a config file, e.g. a run's config.yaml to reproduce it")
+    g.add_argument("--prior", metavar="NAME|HUB_ID|PATH",
+                   help="diffusion prior: 'tiny', a diffusers hub id such as "
+                        "stabilityai/stable-diffusion-2-1-base, a local diffusers folder or a "
+                        "single .safetensors file")
+    g.add_argument("--guidance", choices=["ism", "sds"], help="distillation method (default ism)")
+    g.add_argument("--iters", type=int, metavar="N", help="optimisation steps")
+    g.add_argument("--seed", type=int, metavar="N", help="random seed (default 0)")
+    g.add_argument("--device", metavar="auto|cpu|cuda[:N]", help="where to run (default auto)")
+    g.add_argument("--negative", metavar="TEXT", help="negative prompt (CFG's unconditional branch)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint")
+    g.add_argument("--force", action="store_true",
+                   help="replace an existing run in the output folder")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--help-config", action="store_true",
+                   help="list every config key with its default and meaning, then exit")
+
+    p._generate = g  # main() parses `generate` alone, intermixed
+    r = sub.add_parser(
+        "render", help="turntable video/GIF or 8-view grid of any standard 3DGS PLY",
+        description="Render a standard 3DGS .ply on the fixed evaluation ring.")
+    r.add_argument("ply", help="a 3DGS .ply (e.g. a run's gaussians.ply)")
+    r.add_argument("--out", required=True, metavar="FILE.(mp4|gif|png)",
+                   help="output: .mp4/.gif turntable or .png 8-view grid")
+    r.add_argument("--frames", type=int, default=120, metavar="N", help="turntable frames (120)")
+    r.add_argument("--size", type=int, default=512, metavar="S", help="image size in pixels (512)")
+    r.add_argument("--radius", type=float, default=3.5, help="camera distance (3.5)")
+    r.add_argument("--fovy", type=float, default=0.55, help="vertical field of view, radians (0.55)")
+    r.add_argument("--polar", type=float, default=90.0, help="polar angle in degrees (90 = equator)")
+    r.add_argument("--device", default="auto", metavar="auto|cpu|cuda[:N]", help="where to render")
+    return p
+
+
+def build_config(args) -> tuple[C.Config, str]:
+    """preset < --config < flags < KEY=VALUE. Raises ConfigError."""
+    preset = args.preset or C.DEFAULT_PRESET
+    cfg = C.preset_config(preset)
+    if args.config:
+        cfg = C.from_dict(_read_yaml(args.config), base=cfg)
+    flags = {"prior.name": args.prior, "guidance.method": args.guidance,
+             "train.iters": args.iters, "train.seed": args.seed, "train.device": args.device,
+             "guidance.negative_prompt": args.negative}
+    cfg = C.apply_overrides(cfg, {k: v for k, v in flags.items() if v is not None})
+    cfg = C.apply_overrides(cfg, C.parse_override_strings(args.overrides))
+    return cfg, preset
+
+
+def _read_yaml(path: str) -> dict:
+    import yaml
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise C.ConfigError(f"cannot read --config {path}: {e.strerror or e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        first = str(e).splitlines()[0] if str(e) else "syntax error"
+        raise C.ConfigError(f"--config {path} is not valid YAML: {first}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise C.ConfigError(f"--config {path} must hold a mapping of sections")
+    return data
+
+
+def _fail(msg: str, code: int = 2) -> int:
+    print(f"ism3d: error: {msg}", file=sys.stderr)
+    return code
+
+
+def cmd_generate(args) -> int:
+    from .generate import RunError, prepare, run
+    from .priors import PriorError, PromptError
+    from .train import TrainingDiverged
+
+    if args.help_config:
+        print(C.describe_keys())
+        return 0
+    # Overrides may have been taken as the prompt when the prompt comes later: keep it simple.
+    if args.prompt is None:
+        return _fail("missing PROMPT, e.g. ism3d generate \"a red cube\"")
+    if "=" in args.prompt and args.prompt.split("=")[0].count(".") == 1 and " " not in args.prompt:
+        return _fail(f"the first argument {args.prompt!r} looks like a KEY=VALUE override; "
+                     "put the prompt first")
+    out_existed = args.out is not None and Path(args.out).exists()
+    try:
+        cfg, preset = build_config(args)
+        plan = prepare(args.prompt, cfg=cfg, preset=preset, out_dir=args.out,
+                       resume=args.resume, force=args.force)
+    except (C.ConfigError, RunError, PriorError, PromptError) as e:
+        return _fail(str(e))
+    out_existed = out_existed or plan.resume
+
+    stop = {"flag": False}
+
+    def on_sigint(signum, frame):  # first Ctrl-C: stop after this step; second: hard stop
+        if stop["flag"]:
+            raise KeyboardInterrupt
+        stop["flag"] = True
+        print("\nism3d: stopping after this step (Ctrl-C again to abort)...", file=sys.stderr)
+
+    old = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        summary = run(plan, progress=not args.quiet, callback=lambda p: stop["flag"])
+    except (PriorError, PromptError, C.ConfigError, RunError) as e:
+        _cleanup_empty(plan.out_dir, out_existed)
+        return _fail(str(e))
+    except TrainingDiverged as e:
+        return _fail(str(e), code=1)
+    except KeyboardInterrupt:
+        return _fail("aborted", code=130)
+    finally:
+        signal.signal(signal.SIGINT, old)
+    if summary["status"] != "done":
+        print(f"ism3d: stopped at step {summary['iterations']}/{summary['iterations_planned']}; "
+              f"continue with: ism3d generate {_quote(plan.prompt)} --out {plan.out_dir} --resume",
+              file=sys.stderr)
+        return 130
+    print(f"done in {summary['wall_seconds']:.1f} s: {plan.out_dir}/gaussians.ply, "
+          f"turntable.mp4, views.png ({summary['num_gaussians']} gaussians)")
+    return 0
+
+
+def _quote(s: str) -> str:
+    import shlex
+    return shlex.quote(s)
+
+
+def _cleanup_empty(out: Path, existed: bool) -> None:
+    """Remove a run folder this invocation created if it failed before writing any result."""
+    if existed or not out.is_dir():
+        return
+    keep = [p for p in out.rglob("*") if p.is_file() and p.name != "config.yaml"]
+    if not keep:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def cmd_render(args) -> int:
+    from .export.video import render_turntable
+    from .ply import PlyError
+    from .train import resolve_device
+
+    suffix = Path(args.out).suffix.lower()
+    if suffix not in (".mp4", ".gif", ".png"):
+        return _fail(f"--out must end in .mp4, .gif or .png (got {args.out!r})")
+    if not Path(args.ply).is_file():
+        return _fail(f"no such file: {args.ply}")
+    if args.frames < 1 or not 16 <= args.size <= 4096:
+        return _fail("--frames must be >= 1 and --size between 16 and 4096")
+    try:
+        device = resolve_device(args.device)
+        render_turntable(args.ply, args.out, frames=args.frames, size=args.size,
+                         radius=args.radius, fovy=args.fovy, polar=args.polar, device=str(device))
+    except (PlyError, C.ConfigError, ValueError) as e:
+        return _fail(str(e))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "generate":  # options may come between the prompt and KEY=VALUE items
+        args = parser._generate.parse_intermixed_args(argv[1:])
+        args.command = "generate"
+    else:
+        args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    return {"generate": cmd_generate, "render": cmd_render}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

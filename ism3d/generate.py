@@ -1,0 +1,199 @@
+"""`generate`: prompt -> run folder. The one function the CLI, the web app and the batch runner call.
+
+A run folder holds:
+    gaussians.ply      standard 3DGS layout (any 3DGS viewer opens it)
+    turntable.mp4/.gif the fixed evaluation ring, `output.video_frames` frames
+    views.png          8 ring views in a 4x2 grid
+    config.yaml        the fully resolved config (`--config DIR/config.yaml` reproduces the run)
+    summary.json       prompt, seed, timings, memory, counts, versions (see `summary()`)
+    checkpoints/       last.pt (resumable)
+    previews/          training previews
+
+Order of work: everything that can be checked cheaply (config values, prompt, prior name, device,
+output folder) is checked by `prepare()` BEFORE any model is loaded; only then `run()` loads the
+prior and trains. Every file is written to a temporary name and renamed, so a failed or cancelled
+run never leaves a half-written output and never destroys one from an earlier run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from . import config as C
+from .train import CHECKPOINT, TrainResult, load_checkpoint, resolve_device, train
+
+MAX_PROMPT_CHARS = 1000
+
+
+class RunError(ValueError):
+    """Bad input found before heavy work: the CLI prints it and exits 2."""
+
+
+@dataclass
+class Plan:
+    """A checked request, ready to run."""
+    prompt: str
+    cfg: C.Config
+    preset: str
+    out_dir: Path
+    resume: bool
+    device: torch.device
+
+
+def slugify(prompt: str, max_len: int = 60) -> str:
+    """A safe folder name from a prompt: lowercase ascii words joined by '_', never empty or '..'."""
+    s = re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")[:max_len].strip("_")
+    return s or "run"
+
+
+def prepare(prompt: str, *, cfg: C.Config, preset: str, out_dir: str | Path | None = None,
+            out_root: str | Path = "outputs", resume: bool = False, force: bool = False) -> Plan:
+    """Check everything that can be checked without loading a model. Raises ConfigError/RunError."""
+    from .priors import resolve_prior
+    from .priors.pixel import is_pixel_prior
+
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise RunError("the prompt is empty: give a text prompt, e.g. ism3d generate \"a red cube\"")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise RunError(f"the prompt is {len(prompt)} characters long; the limit is {MAX_PROMPT_CHARS}")
+    prompt = prompt.strip()
+    C.validate(cfg)
+    device = resolve_device(cfg.train.device)
+    # PriorError (a ValueError) when missing: one clear line, in seconds, nothing loaded
+    loc = resolve_prior(cfg.prior.name, offline=cfg.prior.offline)
+    C.validate(cfg, latent_prior=not (loc == "tiny" or is_pixel_prior(loc)))
+
+    out = Path(out_dir) if out_dir is not None else Path(out_root) / slugify(prompt)
+    if out.exists() and not out.is_dir():
+        raise RunError(f"output path {out} exists and is not a folder")
+    if resume:
+        ckpt = out / CHECKPOINT
+        if not ckpt.is_file():
+            raise RunError(f"--resume: no checkpoint at {ckpt}")
+        saved = load_checkpoint(ckpt)
+        if saved["prompt"] != prompt:
+            raise RunError(f"--resume: {out} holds a run for {saved['prompt']!r}, not {prompt!r}")
+        saved_cfg = C.from_dict(saved["config"])
+        if C.to_dict(saved_cfg) != C.to_dict(cfg):
+            diff = [f"{s}.{k}" for s, sec in C.to_dict(cfg).items() for k, v in sec.items()
+                    if C.to_dict(saved_cfg)[s][k] != v]
+            raise RunError(f"--resume: the config differs from the saved run in {', '.join(diff)}; "
+                           f"resume with --config {out / 'config.yaml'}")
+    elif out.exists() and any(out.iterdir()) and not force:
+        raise RunError(f"output folder {out} already holds a run: use --resume to continue it, "
+                       "--force to replace it, or --out to choose another folder")
+    # Can we write there? Create it now (empty) and probe.
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise RunError(f"cannot write to output folder {out}: {e.strerror or e}") from None
+    return Plan(prompt=prompt, cfg=cfg, preset=preset, out_dir=out, resume=resume, device=device)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def run(plan: Plan, *, prior=None, progress: bool = True, callback=None) -> dict:
+    """Load the prior (unless given), train, export everything. Returns the summary dict."""
+    from .priors import load_prior
+
+    cfg, out = plan.cfg, plan.out_dir
+    t_start = time.perf_counter()
+    if prior is None:
+        prior = load_prior(cfg.prior, plan.device)
+    prior.check_prompt(plan.prompt)
+    write_text_atomic(out / "config.yaml", C.dump_yaml(cfg))
+    result = train(cfg, plan.prompt, prior, out, resume=plan.resume, progress=progress,
+                   callback=callback)
+    finished = result.steps_done >= cfg.train.iters
+    if finished:
+        export_outputs(result, cfg, out, plan.device)
+    summary = make_summary(plan, result, prior, time.perf_counter() - t_start, finished)
+    write_text_atomic(out / "summary.json" if finished else out / "progress.json",
+                      json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def export_outputs(result: TrainResult, cfg: C.Config, out: Path, device: torch.device) -> None:
+    from .cameras import eval_ring
+    from .export.video import render_ring_frames, views_grid, write_png, write_video
+    from .ply import save_ply
+    from .scene import activate
+
+    save_ply(out / "gaussians.ply", result.params, result.sh_degree)
+    g = activate(result.params, result.sh_degree)
+    o, cam = cfg.output, cfg.camera
+    white = torch.ones(3, device=device)
+    views = eval_ring(8, o.video_size, o.video_size, cam.eval_radius, cam.eval_fovy,
+                      polar=cam.eval_polars[0]).to(device)
+    write_png(views_grid(render_ring_frames(g, views, white), cols=4), out / "views.png")
+    if o.video or o.gif:
+        ring = eval_ring(o.video_frames, o.video_size, o.video_size, cam.eval_radius,
+                         cam.eval_fovy, polar=cam.eval_polars[0]).to(device)
+        frames = render_ring_frames(g, ring, white)
+        if o.video:
+            write_video(frames, out / "turntable.mp4", fps=o.video_fps)
+        if o.gif:
+            write_video(frames, out / "turntable.gif", fps=o.video_fps)
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+    v = {"ism3d": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    for name in ("diffusers", "transformers", "gsplat"):
+        try:
+            v[name] = md.version(name)
+        except md.PackageNotFoundError:
+            v[name] = None
+    return v
+
+
+def make_summary(plan: Plan, result: TrainResult, prior, wall: float, finished: bool) -> dict:
+    dev = plan.device
+    device_desc = str(dev)
+    if dev.type == "cuda":
+        device_desc = f"{dev} ({torch.cuda.get_device_name(dev)})"
+    else:
+        device_desc = f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    cfg = plan.cfg
+    return {
+        "status": "done" if finished else "stopped",
+        "prompt": plan.prompt,
+        "negative_prompt": cfg.guidance.negative_prompt,
+        "seed": cfg.train.seed,
+        "iterations": result.steps_done,
+        "iterations_planned": cfg.train.iters,
+        "guidance": cfg.guidance.method,
+        "prior": cfg.prior.name,
+        "preset": plan.preset,
+        "device": device_desc,
+        "wall_seconds": round(wall, 3),
+        "train_seconds": round(result.wall_seconds, 3),
+        "seconds_per_iter": round(result.seconds_per_iter, 5),
+        "peak_memory_bytes": result.peak_memory_bytes,
+        "num_gaussians": int(result.params["means"].shape[0]),
+        "nonfinite_steps": result.nonfinite_steps,
+        "versions": _versions(),
+        "outputs": sorted(p.name for p in plan.out_dir.iterdir() if not p.name.startswith(".")),
+    }

@@ -1,0 +1,350 @@
+"""The training loop: the only owner of the step counter, the optimizers, the RNG and the schedules.
+
+One step (numbered as in the code):
+    1. learning rates for this step (pure functions of step)
+    2. sample B orbit cameras (the spec's distribution and progressive schedule)
+    3. background per view: white, or (bg_aug_prob) a random colour or black, half each
+    4. render all B views in one call
+    5. guided image: the RGB render, or (disparity_prob) the normalised disparity as 3 channels
+    6. loss = guidance loss + lambda_tv * (TV^2(rgb) + TV^2(disparity)) + lambda_scale * mean(scale)
+    7. a non-finite loss or gradient is skipped (never reaches the parameters) and counted
+    8. optimizer step, then densification (clone/split/prune/reset) with the render's statistics
+    9. checkpoint (atomic) every `checkpoint_every` steps; preview grid every `preview_every` steps
+
+Every random draw comes from ONE torch.Generator seeded with `train.seed` and saved in each checkpoint,
+so a run killed at any step and resumed ends with the same gaussians as an uninterrupted run (bit-
+identical on the CPU; tests/test_cli.py checks it).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from . import config as C
+from .cameras import eval_ring, sample_orbit
+from .guidance import make_guidance
+from .guidance.schedule import warm as warm_of_step
+from .render import render
+from .scene import activate, init_params
+from .schedules import lr_for_step, make_optimizers, set_lrs
+from .strategy import DensifyStrategy
+
+CHECKPOINT = "checkpoints/last.pt"
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive non-finite steps; the last good state was kept."""
+
+
+@dataclass
+class TrainResult:
+    params: torch.nn.ParameterDict
+    sh_degree: int
+    steps_done: int
+    nonfinite_steps: int
+    wall_seconds: float
+    seconds_per_iter: float
+    peak_memory_bytes: int
+    logs: dict = field(default_factory=dict)
+
+
+@dataclass
+class Progress:
+    """What a progress callback sees after each step (the web app and batch runner use it)."""
+    step: int
+    total: int
+    loss: float
+    num_gaussians: int
+    seconds_per_iter: float
+    preview_path: str | None = None
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> cuda if available else cpu; a CUDA device that does not exist raises ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise C.ConfigError(f"train.device: {name!r} asked for, but no CUDA GPU is available "
+                                "(use --device cpu or auto)")
+        dev = torch.device(name)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise C.ConfigError(f"train.device: {name!r} does not exist "
+                                f"({torch.cuda.device_count()} GPU(s) visible)")
+        return dev
+    if name == "cpu":
+        return torch.device("cpu")
+    raise C.ConfigError(f"train.device: unknown device {name!r} (auto, cpu, cuda, cuda:N)")
+
+
+# --------------------------------------------------------------------------------------------
+# Small pure pieces of the step
+# --------------------------------------------------------------------------------------------
+def sample_backgrounds(batch: int, prob: float, gen: torch.Generator) -> Tensor:
+    """[B, 3]: white, or with probability `prob` a random colour (half) or black (half)."""
+    u = torch.rand(batch, 2, generator=gen)            # [B, 2]
+    colours = torch.rand(batch, 3, generator=gen)      # [B, 3]
+    bg = torch.ones(batch, 3)
+    replace = u[:, 0] < prob
+    black = u[:, 1] < 0.5
+    bg[replace & black] = 0.0
+    bg[replace & ~black] = colours[replace & ~black]
+    return bg
+
+
+def normalised_disparity(depth: Tensor, alpha: Tensor) -> Tensor:
+    """[C,1,H,W] expected depth and alpha -> [C,1,H,W] disparity in [0,1] per view, 0 off the object."""
+    fg = alpha > 1e-3
+    disp = torch.where(fg, 1.0 / depth.clamp_min(1e-6), torch.zeros_like(depth))
+    big = torch.finfo(depth.dtype).max
+    lo = torch.where(fg, disp, torch.full_like(disp, big)).amin(dim=(1, 2, 3), keepdim=True)
+    hi = disp.amax(dim=(1, 2, 3), keepdim=True)
+    lo = torch.minimum(lo, hi)
+    span = (hi - lo).clamp_min(1e-6)
+    # Foreground mapped to [0.1, 1] so that the far side of the object stays distinct from the background.
+    return torch.where(fg, 0.1 + 0.9 * (disp - lo) / span, torch.zeros_like(disp)) * alpha
+
+
+def tv_squared(img: Tensor) -> Tensor:
+    """Mean squared total variation of [C, K, H, W]."""
+    dx = img[..., :, 1:] - img[..., :, :-1]
+    dy = img[..., 1:, :] - img[..., :-1, :]
+    return dx.square().mean() + dy.square().mean()
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _peak_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    try:
+        import resource
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    except Exception:  # noqa: BLE001 (not on every platform)
+        return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------
+def save_checkpoint(path: Path, *, cfg: C.Config, prompt: str, step: int, params, optimizers,
+                    strategy_state: dict, gen: torch.Generator, nonfinite: int,
+                    elapsed: float) -> None:
+    _atomic_torch_save({
+        "format": "ism3d-checkpoint-1",
+        "config": C.to_dict(cfg),
+        "prompt": prompt,
+        "step": step,                                   # steps completed
+        "params": {k: v.detach().cpu() for k, v in params.items()},
+        "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+        "strategy_state": {k: (v.cpu() if torch.is_tensor(v) else v)
+                           for k, v in strategy_state.items()},
+        "rng": gen.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "nonfinite_steps": nonfinite,
+        "elapsed_seconds": elapsed,
+    }, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001
+        raise C.ConfigError(f"cannot read checkpoint {path}: {e}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != "ism3d-checkpoint-1":
+        raise C.ConfigError(f"{path} is not an ism3d checkpoint")
+    return ckpt
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------
+def train(cfg: C.Config, prompt: str, prior, out_dir: str | Path, *, resume: bool = False,
+          progress: bool = True, callback: Callable[[Progress], bool | None] | None = None
+          ) -> TrainResult:
+    """Optimise gaussians for `prompt` under `prior`; write checkpoints and previews to `out_dir`.
+
+    Args:
+        cfg: a validated `Config`.
+        prompt: the text prompt (already checked by `prior.check_prompt`).
+        prior: a loaded `DiffusionPrior` (ism3d.priors), on the training device.
+        out_dir: the run folder; `checkpoints/last.pt` and `previews/` are written here.
+        resume: continue from `out_dir/checkpoints/last.pt`.
+        progress: show a tqdm bar.
+        callback: called with a `Progress` after every step; returning True stops the run early
+            (a checkpoint is written first, so it can be resumed). The CLI's Ctrl-C handler and the
+            web app's Cancel use this, so a stop always lands between two complete steps.
+    Returns:
+        TrainResult with the final parameters and run statistics.
+    """
+    out_dir = Path(out_dir)
+    t_cfg = cfg.train
+    device = resolve_device(t_cfg.device)
+    total = t_cfg.iters
+    gen = torch.Generator().manual_seed(t_cfg.seed)
+    torch.manual_seed(t_cfg.seed)
+
+    # 0. state: parameters, optimizers, densification state; or all of it from the checkpoint
+    start, nonfinite, elapsed_before = 0, 0, 0.0
+    sh_degree = cfg.init.sh_degree
+    # Screen-space gradients are scaled by B to undo a mean over views; not when the loss sums.
+    strategy = DensifyStrategy(
+        replace(cfg.strategy, grad_scale_views=cfg.strategy.grad_scale_views
+                and cfg.guidance.reduce == "mean"), seed=t_cfg.seed)
+    ckpt_path = out_dir / CHECKPOINT
+    if resume:
+        ckpt = load_checkpoint(ckpt_path)
+        params = torch.nn.ParameterDict(
+            {k: torch.nn.Parameter(v.to(device)) for k, v in ckpt["params"].items()})
+        optimizers = make_optimizers(params, cfg.optim)
+        for k, o in optimizers.items():
+            o.load_state_dict(ckpt["optimizers"][k])
+        state = {k: (v.to(device) if torch.is_tensor(v) else v)
+                 for k, v in ckpt["strategy_state"].items()}
+        gen.set_state(ckpt["rng"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        start, nonfinite = ckpt["step"], ckpt["nonfinite_steps"]
+        elapsed_before = ckpt.get("elapsed_seconds", 0.0)
+    else:
+        params = init_params(cfg.init, gen).to(device)
+        optimizers = make_optimizers(params, cfg.optim)
+        state = strategy.init_state(params["means"].shape[0], device)
+
+    guidance = make_guidance(prior, cfg.guidance, prompt)
+    W, H, B = cfg.render.width, cfg.render.height, t_cfg.batch
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def checkpoint(step_done: int, elapsed: float) -> None:
+        save_checkpoint(ckpt_path, cfg=cfg, prompt=prompt, step=step_done, params=params,
+                        optimizers=optimizers, strategy_state=state, gen=gen,
+                        nonfinite=nonfinite, elapsed=elapsed)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total, initial=start, desc="ism3d", unit="it", dynamic_ncols=True)
+
+    t0 = time.perf_counter()
+    consecutive_bad = 0
+    last_logs: dict = {}
+    step = start
+    stop_early = False
+    try:
+        for step in range(start, total):
+            # 1. learning rates
+            set_lrs(optimizers, lr_for_step(cfg.optim, step, total))
+            # 2. cameras   3. backgrounds
+            cams = sample_orbit(cfg.camera, step, B, W, H, gen).to(device)
+            bg = sample_backgrounds(B, t_cfg.bg_aug_prob, gen).to(device)
+            use_disparity = bool(torch.rand((), generator=gen) < t_cfg.disparity_prob)
+            # 4. render
+            out = render(activate(params, sh_degree), cams, bg, backend=cfg.render.backend,
+                         near=cfg.render.near, far=cfg.render.far, eps2d=cfg.render.eps2d)
+            strategy.pre_backward(out.info)
+            # 5. guided image
+            disp = normalised_disparity(out.depth, out.alpha)          # [B,1,H,W]
+            images = disp.expand(-1, 3, -1, -1) if use_disparity else out.rgb
+            # 6. losses
+            g_out = guidance(images, cams.azimuth, warm_of_step(step, cfg.guidance.warmup_iters), gen)
+            losses = {
+                "guidance": g_out.loss,
+                "tv": tv_squared(out.rgb) + tv_squared(disp),
+                "scale": torch.exp(params["scales"]).mean(),
+            }
+            loss = (losses["guidance"] + t_cfg.lambda_tv * losses["tv"]
+                    + t_cfg.lambda_scale * losses["scale"])
+            for o in optimizers.values():
+                o.zero_grad(set_to_none=True)
+            # 7. non-finite guard: nothing non-finite reaches the parameters
+            ok = bool(torch.isfinite(loss))
+            if ok:
+                loss.backward()
+                ok = all(p.grad is None or bool(torch.isfinite(p.grad).all())
+                         for p in params.values())
+            if not ok:
+                nonfinite += 1
+                consecutive_bad += 1
+                for o in optimizers.values():
+                    o.zero_grad(set_to_none=True)
+                if consecutive_bad >= t_cfg.max_bad_steps:
+                    raise TrainingDiverged(
+                        f"{consecutive_bad} consecutive steps with a non-finite loss or gradient "
+                        f"(last at step {step + 1}); the last good state is kept in {ckpt_path}")
+            else:
+                consecutive_bad = 0
+                # 8. optimizer step, then densification
+                for o in optimizers.values():
+                    o.step()
+                strategy.post_backward(params, optimizers, state, step, out.info)
+
+            done = step + 1
+            elapsed = elapsed_before + time.perf_counter() - t0
+            last_logs = {"loss": float(loss.detach()) if ok else float("nan"),
+                         **{f"loss_{k}": float(v.detach()) for k, v in losses.items()},
+                         **g_out.logs}
+            # 9. checkpoint and preview
+            if t_cfg.checkpoint_every and done % t_cfg.checkpoint_every == 0 and done < total:
+                checkpoint(done, elapsed)
+            preview = None
+            if t_cfg.preview_every and (done % t_cfg.preview_every == 0 or done == total):
+                preview = str(write_preview(params, sh_degree, cfg, out_dir / "previews", done,
+                                            device))
+            n = params["means"].shape[0]
+            sec_per_it = (time.perf_counter() - t0) / max(done - start, 1)
+            if bar is not None:
+                bar.set_postfix(loss=f"{last_logs['loss']:.4g}", n=n, t=last_logs.get("t", 0),
+                                refresh=False)
+                bar.update(1)
+            if callback is not None and callback(Progress(done, total, last_logs["loss"], n,
+                                                          sec_per_it, preview)):
+                stop_early = True
+                checkpoint(done, elapsed)
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+
+    steps_done = max(step + 1, start) if total > start else start
+    wall = elapsed_before + time.perf_counter() - t0
+    checkpoint(steps_done, wall)
+    return TrainResult(params=params, sh_degree=sh_degree, steps_done=steps_done,
+                       nonfinite_steps=nonfinite, wall_seconds=wall,
+                       seconds_per_iter=(time.perf_counter() - t0) / max(steps_done - start, 1),
+                       peak_memory_bytes=_peak_memory(device), logs=last_logs)
+
+
+@torch.no_grad()
+def write_preview(params, sh_degree: int, cfg: C.Config, folder: Path, step: int,
+                  device: torch.device) -> Path:
+    """A 4x2 grid of the evaluation ring at the training resolution -> folder/step_XXXXXX.png."""
+    from .export.video import views_grid, write_png
+    cams = eval_ring(8, cfg.render.width, cfg.render.height, cfg.camera.eval_radius,
+                     cfg.camera.eval_fovy, polar=cfg.camera.eval_polars[0]).to(device)
+    out = render(activate(params, sh_degree), cams, torch.ones(3, device=device),
+                 backend=cfg.render.backend, near=cfg.render.near, far=cfg.render.far,
+                 eps2d=cfg.render.eps2d)
+    frames = (out.rgb.clamp(0, 1).permute(0, 2, 3, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    path = folder / f"step_{step:06d}.png"
+    folder.mkdir(parents=True, exist_ok=True)
+    write_png(views_grid(frames, cols=4), path)
+    return path
