@@ -52,12 +52,13 @@ def warm_optimizers(params, seed=1):
     return opts
 
 
-def fake_info(grads, radii):
+def fake_info(grads, radii, device="cpu"):
     """grads [C, N, 2] (d loss / d pixel coords), radii [C, N]: a leaf means2d carrying .grad."""
-    grads = torch.as_tensor(grads, dtype=torch.float32)
-    means2d = torch.zeros(grads.shape, requires_grad=True)
+    grads = torch.as_tensor(grads, dtype=torch.float32, device=device)
+    means2d = torch.zeros(grads.shape, device=device, requires_grad=True)
     means2d.grad = grads.clone()
-    return {"means2d": means2d, "radii": torch.as_tensor(radii, dtype=torch.int32),
+    return {"means2d": means2d,
+            "radii": torch.as_tensor(radii, dtype=torch.int32, device=device),
             "width": W, "height": H, "n_cameras": grads.shape[0]}
 
 
@@ -371,9 +372,7 @@ def test_densify_on_cuda_matches_cpu_counts():
             o.step()
         strat = DensifyStrategy(StrategyConfig(), seed=1)
         state = strat.init_state(4, dev)
-        info = fake_info(grads, radii)
-        info["means2d"].grad = info["means2d"].grad.to(dev)
-        info["radii"] = info["radii"].to(dev)
+        info = fake_info(grads, radii, device=dev)
         out[dev] = strat.post_backward(params, opts, state, 300, info)
         assert_aligned(params, opts, state)
         assert all(v.device.type == dev for v in state.values())
