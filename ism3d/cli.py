@@ -77,17 +77,49 @@ def build_parser() -> argparse.ArgumentParser:
 
     p._generate = g  # main() parses `generate` alone, intermixed
     r = sub.add_parser(
-        "render", help="turntable video/GIF or 8-view grid of any standard 3DGS PLY",
-        description="Render a standard 3DGS .ply on the fixed evaluation ring.")
+        "render", help="turntable, 8-view grid or per-view PNGs (rgb/depth/normal/alpha) of a 3DGS PLY",
+        description="Render a standard 3DGS .ply on the fixed evaluation ring (starting at the "
+                    "front, counter-clockwise seen from above). A folder gets one PNG per view "
+                    "and mode, {mode}_{k}.png: the GPTEval3D layout (120 views at 512x512, "
+                    "rgb and normal by default).")
     r.add_argument("ply", help="a 3DGS .ply (e.g. a run's gaussians.ply)")
-    r.add_argument("--out", required=True, metavar="FILE.(mp4|gif|png)",
-                   help="output: .mp4/.gif turntable or .png 8-view grid")
-    r.add_argument("--frames", type=int, default=120, metavar="N", help="turntable frames (120)")
+    r.add_argument("--out", required=True, metavar="FILE.(mp4|gif|png)|DIR",
+                   help="output: .mp4/.gif turntable, .png 8-view grid, or a folder of PNGs")
+    r.add_argument("--mode", default=None, metavar="MODE[,MODE...]",
+                   help="rgb, depth, normal or alpha; a folder takes several, comma-separated "
+                        "(default: rgb for a file, rgb,normal for a folder)")
+    r.add_argument("--views", "--frames", dest="views", type=int, default=120, metavar="N",
+                   help="views on the ring: turntable frames or folder images (120; a .png grid "
+                        "always shows 8)")
     r.add_argument("--size", type=int, default=512, metavar="S", help="image size in pixels (512)")
     r.add_argument("--radius", type=float, default=3.5, help="camera distance (3.5)")
     r.add_argument("--fovy", type=float, default=0.55, help="vertical field of view, radians (0.55)")
     r.add_argument("--polar", type=float, default=90.0, help="polar angle in degrees (90 = equator)")
     r.add_argument("--device", default="auto", metavar="auto|cpu|cuda[:N]", help="where to render")
+
+    out_defaults = C.OutputConfig()
+    e = sub.add_parser(
+        "export", help="triangle mesh (.glb or .obj) of a 3DGS PLY",
+        description="Mesh a standard 3DGS .ply: opacity-weighted gaussian density on a grid, "
+                    "marching cubes, small parts removed, decimated, vertex colours from the "
+                    "gaussians. Written y-up with the front facing +Z (glTF convention), in "
+                    "metres (1 world unit = 1 m).")
+    e.add_argument("ply", help="a 3DGS .ply (e.g. a run's gaussians.ply)")
+    e.add_argument("--out", required=True, metavar="FILE.(glb|obj)", help="output mesh")
+    e.add_argument("--resolution", type=int, default=out_defaults.mesh_resolution, metavar="N",
+                   help="grid samples along the scene's longest side "
+                        f"({out_defaults.mesh_resolution}; 512 for fine detail, slower)")
+    e.add_argument("--faces", type=int, default=out_defaults.mesh_faces, metavar="N",
+                   help=f"face budget after decimation ({out_defaults.mesh_faces}; 0 = no "
+                        "decimation)")
+    e.add_argument("--threshold", type=float, default=0.5, metavar="T",
+                   help="density level of the surface (0.5: matches the rendered alpha > 0.5 "
+                        "silhouette; lower gives a fatter mesh)")
+    e.add_argument("--min-opacity", type=float, default=0.01, metavar="O",
+                   help="ignore gaussians less opaque than this (0.01)")
+    e.add_argument("--keep-parts", type=float, default=0.1, metavar="F",
+                   help="drop connected pieces smaller than F x the largest one's area (0.1; "
+                        "1 = largest piece only, 0 = keep all)")
     return p
 
 
@@ -176,8 +208,9 @@ def cmd_generate(args) -> int:
               f"continue with: ism3d generate {_quote(plan.prompt)} --out {plan.out_dir} --resume",
               file=sys.stderr)
         return 130
-    print(f"done in {summary['wall_seconds']:.1f} s: {plan.out_dir}/gaussians.ply, "
-          f"turntable.mp4, views.png ({summary['num_gaussians']} gaussians)")
+    made = ", ".join(n for n in summary["outputs"] if n not in ("checkpoints", "previews"))
+    print(f"done in {summary['wall_seconds']:.1f} s ({summary['num_gaussians']} gaussians): "
+          f"{plan.out_dir}/ {made}")
     return 0
 
 
@@ -196,24 +229,61 @@ def _cleanup_empty(out: Path, existed: bool) -> None:
 
 
 def cmd_render(args) -> int:
-    from .export.video import render_turntable
+    from .export.views import MODES, render_eval
     from .ply import PlyError
     from .train import resolve_device
 
-    suffix = Path(args.out).suffix.lower()
-    if suffix not in (".mp4", ".gif", ".png"):
-        return _fail(f"--out must end in .mp4, .gif or .png (got {args.out!r})")
+    out = Path(args.out)
+    suffix = out.suffix.lower()
+    folder = out.is_dir() or suffix == ""
+    if not folder and suffix not in (".mp4", ".gif", ".png"):
+        return _fail(f"--out must end in .mp4, .gif or .png, or name a folder (got {args.out!r})")
+    modes = [m.strip() for m in (args.mode or ("rgb,normal" if folder else "rgb")).split(",")]
+    bad = [m for m in modes if m not in MODES]
+    if bad or not all(modes):
+        return _fail(f"--mode {args.mode!r}: each mode must be one of {', '.join(MODES)}")
+    if not folder and len(modes) != 1:
+        return _fail(f"--mode: a {suffix} file shows one mode, got {len(modes)}; "
+                     "write several to a folder")
     if not Path(args.ply).is_file():
         return _fail(f"no such file: {args.ply}")
-    if args.frames < 1 or not 16 <= args.size <= 4096:
-        return _fail("--frames must be >= 1 and --size between 16 and 4096")
+    if args.views < 1 or not 16 <= args.size <= 4096:
+        return _fail("--views must be >= 1 and --size between 16 and 4096")
     try:
         device = resolve_device(args.device)
-        render_turntable(args.ply, args.out, frames=args.frames, size=args.size,
-                         radius=args.radius, fovy=args.fovy, polar=args.polar, device=str(device))
+        written = render_eval(args.ply, out, modes=modes, views=args.views, size=args.size,
+                              radius=args.radius, fovy=args.fovy, polar=args.polar,
+                              device=str(device))
     except (PlyError, C.ConfigError, ValueError) as e:
         return _fail(str(e))
-    print(f"wrote {args.out}")
+    print(f"wrote {out}" + (f" ({len(written)} images)" if folder else ""))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export.mesh import MESH_EXTS, MeshError, export_mesh_from_ply
+    from .ply import PlyError
+
+    if Path(args.out).suffix.lower() not in MESH_EXTS:
+        return _fail(f"--out must end in {' or '.join(MESH_EXTS)} (got {args.out!r})")
+    if not Path(args.ply).is_file():
+        return _fail(f"no such file: {args.ply}")
+    if not 16 <= args.resolution <= 1024:
+        return _fail(f"--resolution must be between 16 and 1024 (got {args.resolution})")
+    if args.faces < 0 or args.threshold <= 0 or not 0 <= args.keep_parts <= 1 \
+            or not 0 <= args.min_opacity < 1:
+        return _fail("need --faces >= 0, --threshold > 0, --keep-parts in [0, 1] and "
+                     "--min-opacity in [0, 1)")
+    stats: dict = {}
+    try:
+        path = export_mesh_from_ply(args.ply, args.out, resolution=args.resolution,
+                                    faces=args.faces, threshold=args.threshold,
+                                    min_opacity=args.min_opacity, min_part=args.keep_parts,
+                                    stats=stats)
+    except (PlyError, MeshError) as e:
+        return _fail(str(e))
+    print(f"wrote {path}: {stats['faces']} faces, {stats['vertices']} vertices "
+          f"(grid {'x'.join(map(str, stats['grid']))})")
     return 0
 
 
@@ -228,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return {"generate": cmd_generate, "render": cmd_render}[args.command](args)
+    return {"generate": cmd_generate, "render": cmd_render,
+            "export": cmd_export}[args.command](args)
 
 
 if __name__ == "__main__":
