@@ -36,13 +36,20 @@ def _presets_text() -> str:
                      for k, v in C.PRESETS.items())
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit code 2), like every other bad input."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="ism3d",
         description="Text to 3D Gaussian Splatting by Interval Score Matching (LucidDreamer).",
     )
     p.add_argument("--version", action="version", version=f"ism3d {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     g = sub.add_parser(
         "generate", help="optimise a 3D asset for a text prompt",
@@ -77,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p._generate = g  # main() parses `generate` alone, intermixed
     r = sub.add_parser(
-        "render", help="turntable, 8-view grid or per-view PNGs (rgb/depth/normal/alpha) of a 3DGS PLY",
+        "render",
+        help="turntable, 8-view grid or per-view PNGs (rgb/depth/normal/alpha) of a 3DGS PLY",
         description="Render a standard 3DGS .ply on the fixed evaluation ring (starting at the "
                     "front, counter-clockwise seen from above). A folder gets one PNG per view "
                     "and mode, {mode}_{k}.png: the GPTEval3D layout (120 views at 512x512, "

@@ -127,15 +127,17 @@ def run(plan: Plan, *, prior=None, progress: bool = True, callback=None) -> dict
     result = train(cfg, plan.prompt, prior, out, resume=plan.resume, progress=progress,
                    callback=callback)
     finished = result.steps_done >= cfg.train.iters
-    if finished:
-        export_outputs(result, cfg, out, plan.device)
+    notes = export_outputs(result, cfg, out, plan.device) if finished else {}
     summary = make_summary(plan, result, prior, time.perf_counter() - t_start, finished)
+    summary.update(notes)
     write_text_atomic(out / "summary.json" if finished else out / "progress.json",
                       json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def export_outputs(result: TrainResult, cfg: C.Config, out: Path, device: torch.device) -> None:
+def export_outputs(result: TrainResult, cfg: C.Config, out: Path, device: torch.device) -> dict:
+    """Write gaussians.ply, views.png, turntable.mp4/.gif and mesh.glb. Returns notes for the
+    summary (e.g. why no mesh could be made: an all-transparent result is not a failed run)."""
     from .cameras import eval_ring
     from .export.video import render_ring_frames, views_grid, write_png, write_video
     from .ply import save_ply
@@ -156,6 +158,13 @@ def export_outputs(result: TrainResult, cfg: C.Config, out: Path, device: torch.
             write_video(frames, out / "turntable.mp4", fps=o.video_fps)
         if o.gif:
             write_video(frames, out / "turntable.gif", fps=o.video_fps)
+    if o.mesh:
+        from .export.mesh import MeshError, export_mesh
+        try:
+            export_mesh(g, out / "mesh.glb", resolution=o.mesh_resolution, faces=o.mesh_faces)
+        except MeshError as e:
+            return {"mesh_error": str(e)}
+    return {}
 
 
 def _versions() -> dict:
