@@ -31,6 +31,21 @@ exit codes: 0 done, 1 run failed, 2 bad input (nothing written), 130 interrupted
 """
 
 
+EPILOG_EVAL = """\
+examples:
+  ism3d eval --prior tiny --quick --out /tmp/eval         smoke test (CPU, about a minute)
+  ism3d eval --preset toy --iters 600 --ablation          the full benchmark (GPU)
+
+outputs (in --out):
+  report.md    a table per run, means per method, Janus rates, ISM >= SDS per prompt, targets
+  report.json  every number (schema ism3d-eval/1)
+  runs/<prompt>_<method>_s<seed>/  each run (gaussians.ply, config.yaml, summary.json,
+               eval.json, eval_views.png: ground truth above the result)
+
+exit codes: 0 done, 2 bad input (nothing trained), 130 interrupted (re-run to resume)
+"""
+
+
 def _presets_text() -> str:
     return "\n".join(f"  {k:<7} {v[0]}" + (" [default]" if k == C.DEFAULT_PRESET else "")
                      for k, v in C.PRESETS.items())
@@ -128,6 +143,49 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--keep-parts", type=float, default=0.1, metavar="F",
                    help="drop connected pieces smaller than F x the largest one's area (0.1; "
                         "1 = largest piece only, 0 = keep all)")
+
+    v = sub.add_parser(
+        "eval", help="ToyWorld benchmark: ISM vs SDS against known 3D ground truth",
+        description="Generate every ToyWorld prompt with ISM and with SDS at equal iterations "
+                    "(same seeds and config otherwise), one prior loaded once, and score each "
+                    "result against the true object rendered from the same ring of cameras: "
+                    "silhouette IoU, PSNR inside the silhouettes, and for mug/house/chair a "
+                    "Janus test (the asymmetric part on the wrong side or twice). Writes "
+                    "DIR/report.md and DIR/report.json; runs live in DIR/runs/ and a finished "
+                    "run is reused when the command is repeated.",
+        epilog=EPILOG_EVAL, formatter_class=argparse.RawDescriptionHelpFormatter)
+    v.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="config overrides for every run, e.g. guidance.scale=5 (see ism3d "
+                        "generate --help-config)")
+    v.add_argument("--out", default="outputs/eval", metavar="DIR",
+                   help="benchmark folder (default outputs/eval)")
+    v.add_argument("--prior", metavar="NAME|PATH",
+                   help="diffusion prior (default: the preset's; 'tiny' for smoke runs)")
+    v.add_argument("--preset", default=None, choices=list(C.PRESETS),
+                   help="starting recipe of every run (default: toy if it exists, else "
+                        f"{C.DEFAULT_PRESET})")
+    v.add_argument("--prompts", default=None, metavar="default|FILE.txt",
+                   help="the prompt set: 'default' (12 prompts, every family, each asymmetric "
+                        "one twice) or a file with one prompt per line")
+    v.add_argument("--seeds", default=None, metavar="S[,S...]", help="seeds (default 0,1)")
+    v.add_argument("--methods", default=None, metavar="M[,M...]",
+                   help="guidance methods, from ism,sds (default both)")
+    v.add_argument("--iters", type=int, metavar="N",
+                   help="iterations of every run (default: the preset's)")
+    v.add_argument("--views", type=int, default=None, metavar="N",
+                   help="views per eval ring (16; --quick 8), one ring per camera.eval_polars")
+    v.add_argument("--size", type=int, default=None, metavar="S",
+                   help="eval render size in pixels (64; --quick 32)")
+    v.add_argument("--ablation", action="store_true",
+                   help="also run ISM with and without view prompts + Perp-Neg on the "
+                        "asymmetric prompts and report both Janus rates")
+    v.add_argument("--device", default="auto", metavar="auto|cpu|cuda[:N]",
+                   help="where to run (default auto)")
+    v.add_argument("--quick", action="store_true",
+                   help="smoke test: 3 prompts, 1 seed, 20 iterations, 8 views at 32x32 "
+                        "(explicit flags win)")
+    v.add_argument("--quiet", action="store_true", help="no progress bar")
+    p._eval = v  # main() parses `eval` intermixed (KEY=VALUE between options)
     return p
 
 
@@ -295,19 +353,67 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from .eval import bench as B
+    from .generate import RunError
+    from .priors import PriorError, PromptError
+
+    try:
+        spec = B.make_spec(out=args.out, preset=args.preset, prior=args.prior,
+                           prompts=args.prompts, seeds=args.seeds, methods=args.methods,
+                           iters=args.iters, views=args.views, size=args.size,
+                           ablation=args.ablation, device=args.device, quick=args.quick,
+                           overrides=args.overrides)
+    except (B.EvalError, C.ConfigError) as e:
+        return _fail(str(e))
+
+    stop = {"flag": False}
+
+    def on_sigint(signum, frame):  # first Ctrl-C: stop after this step; second: hard stop
+        if stop["flag"]:
+            raise KeyboardInterrupt
+        stop["flag"] = True
+        print("\nism3d: stopping after this step (Ctrl-C again to abort)...", file=sys.stderr)
+
+    old = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        report = B.run_bench(spec, progress=not args.quiet, should_stop=lambda: stop["flag"],
+                             log=lambda m: print(m, file=sys.stderr))
+    except (B.EvalError, C.ConfigError, RunError, PriorError, PromptError) as e:
+        return _fail(str(e))
+    except KeyboardInterrupt:
+        return _fail("aborted; re-run the same command to resume", code=130)
+    finally:
+        signal.signal(signal.SIGINT, old)
+    if report["status"] != "done":
+        print(f"ism3d: interrupted after {len(report['runs'])} runs; partial report in "
+              f"{spec.out}/report.md; re-run the same command to resume", file=sys.stderr)
+        return 130
+    t = report["summary"]["targets"]
+    line = f"wrote {spec.out}/report.md and report.json ({len(report['runs'])} runs)"
+    if t is not None:
+        line += (f"; ISM IoU {t['ism_iou']}, PSNR {t['ism_psnr']} dB: targets "
+                 f"{'met' if t['met'] else 'not met'}")
+    print(line)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "generate":  # options may come between the prompt and KEY=VALUE items
         args = parser._generate.parse_intermixed_args(argv[1:])
         args.command = "generate"
+    elif argv and argv[0] == "eval":
+        args = parser._eval.parse_intermixed_args(argv[1:])
+        args.command = "eval"
     else:
         args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
     return {"generate": cmd_generate, "render": cmd_render,
-            "export": cmd_export}[args.command](args)
+            "export": cmd_export, "eval": cmd_eval}[args.command](args)
 
 
 if __name__ == "__main__":
