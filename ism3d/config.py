@@ -280,6 +280,31 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
             "init.num_points": 20_000,
         },
     ),
+    "toy": (
+        "the shipped ToyWorld prior (32x32 pixels, offline; its words only), 270 iters, one "
+        "inversion call: under 3 min on a 2-core CPU",
+        {
+            "prior.name": "toy",
+            "guidance.negative_prompt": "",
+            "render.width": 32,
+            "render.height": 32,
+            "train.iters": 270,
+            "train.checkpoint_every": 100,
+            "train.preview_every": 100,
+            "init.num_points": 4000,
+            "guidance.warmup_iters": 80,
+            "guidance.delta_s": 1000,
+            "guidance.xs_inv_steps": 1,
+            "strategy.densify_from": 50,
+            "strategy.densify_until": 200,
+            "strategy.densify_every": 50,
+            "strategy.reset_until": 0,
+            "strategy.prune_big_after": 50,
+            "strategy.max_gaussians": 12000,
+            "camera.decay_every": 27,
+            "output.video_size": 256,
+        },
+    ),
     "tiny": (
         "random-weight tiny pixel prior, 1k-3k gaussians, 32x32: for tests and smoke runs (CPU, seconds)",
         {
@@ -309,7 +334,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
         },
     ),
 }
-DEFAULT_PRESET = "tiny"
+DEFAULT_PRESET = "toy"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -506,6 +531,7 @@ def validate(cfg: Config, latent_prior: bool | None = None) -> None:
     need(not g.perp_neg or g.view_prompts, "guidance.perp_neg", "needs guidance.view_prompts=true")
     need(s.densify_every >= 1, "strategy.densify_every", "must be at least 1")
     need(s.opacity_reset_every >= 1, "strategy.opacity_reset_every", "must be at least 1")
+    need(s.reset_until >= 0, "strategy.reset_until", "must be >= 0 (0 = never reset)")
     need(s.grad_threshold > 0, "strategy.grad_threshold", "must be > 0")
     need(0 < s.reset_opacity < 1, "strategy.reset_opacity", "must be in (0, 1)")
     need(s.max_gaussians >= 0, "strategy.max_gaussians", "must be >= 0")

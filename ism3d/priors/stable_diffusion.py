@@ -156,11 +156,15 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", ".", "~")) or not _HUB_ID.match(name)
 
 
+TOY_PRIOR_DIR = Path(__file__).resolve().parents[1] / "assets" / "toyworld"
+
+
 def resolve_prior(name: str, offline: bool = False) -> str:
     """Decide where a prior comes from, without loading it.
 
     Args:
-        name: "tiny", a hub id, a local diffusers/pixel-prior folder or a single weights file.
+        name: "tiny", "toy" (the shipped ToyWorld prior), a hub id, a local diffusers/pixel-prior
+            folder or a single weights file.
         offline: never use the network (as HF_HUB_OFFLINE=1).
 
     Returns:
@@ -177,6 +181,8 @@ def resolve_prior(name: str, offline: bool = False) -> str:
         raise PriorError("prior.name is empty: use tiny, a hub id, a folder or a .safetensors/.ckpt file")
     if name == "tiny":
         return "tiny"
+    if name == "toy":  # the ToyWorld prior shipped inside the package (ism3d/toyworld)
+        return str(TOY_PRIOR_DIR)
     path = Path(os.path.expanduser(name))
     if path.exists():
         return str(path.resolve())
