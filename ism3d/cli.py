@@ -250,14 +250,7 @@ def cmd_generate(args) -> int:
     out_existed = out_existed or plan.resume
 
     stop = {"flag": False}
-
-    def on_sigint(signum, frame):  # first Ctrl-C: stop after this step; second: hard stop
-        if stop["flag"]:
-            raise KeyboardInterrupt
-        stop["flag"] = True
-        print("\nism3d: stopping after this step (Ctrl-C again to abort)...", file=sys.stderr)
-
-    old = signal.signal(signal.SIGINT, on_sigint)
+    old = signal.signal(signal.SIGINT, _first_sigint_stops(stop))
     try:
         summary = run(plan, progress=not args.quiet, callback=lambda p: stop["flag"])
     except (PriorError, PromptError, C.ConfigError, RunError) as e:
@@ -278,6 +271,17 @@ def cmd_generate(args) -> int:
     print(f"done in {summary['wall_seconds']:.1f} s ({summary['num_gaussians']} gaussians): "
           f"{plan.out_dir}/ {made}")
     return 0
+
+
+def _first_sigint_stops(stop: dict):
+    """A SIGINT handler: the first Ctrl-C sets stop["flag"] (the run stops between two steps and
+    keeps a resumable checkpoint); a second one aborts at once."""
+    def on_sigint(signum, frame):
+        if stop["flag"]:
+            raise KeyboardInterrupt
+        stop["flag"] = True
+        print("\nism3d: stopping after this step (Ctrl-C again to abort)...", file=sys.stderr)
+    return on_sigint
 
 
 def _quote(s: str) -> str:
@@ -368,14 +372,7 @@ def cmd_eval(args) -> int:
         return _fail(str(e))
 
     stop = {"flag": False}
-
-    def on_sigint(signum, frame):  # first Ctrl-C: stop after this step; second: hard stop
-        if stop["flag"]:
-            raise KeyboardInterrupt
-        stop["flag"] = True
-        print("\nism3d: stopping after this step (Ctrl-C again to abort)...", file=sys.stderr)
-
-    old = signal.signal(signal.SIGINT, on_sigint)
+    old = signal.signal(signal.SIGINT, _first_sigint_stops(stop))
     try:
         report = B.run_bench(spec, progress=not args.quiet, should_stop=lambda: stop["flag"],
                              log=lambda m: print(m, file=sys.stderr))

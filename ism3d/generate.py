@@ -29,6 +29,7 @@ import torch
 
 from . import __version__
 from . import config as C
+from .atomic import write_text_atomic
 from .train import CHECKPOINT, TrainResult, load_checkpoint, resolve_device, train
 
 MAX_PROMPT_CHARS = 1000
@@ -100,18 +101,6 @@ def prepare(prompt: str, *, cfg: C.Config, preset: str, out_dir: str | Path | No
     except OSError as e:
         raise RunError(f"cannot write to output folder {out}: {e.strerror or e}") from None
     return Plan(prompt=prompt, cfg=cfg, preset=preset, out_dir=out, resume=resume, device=device)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def run(plan: Plan, *, prior=None, progress: bool = True, callback=None) -> dict:

@@ -17,9 +17,6 @@ identical on the CPU; tests/test_cli.py checks it).
 """
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,6 +26,7 @@ import torch
 from torch import Tensor
 
 from . import config as C
+from .atomic import atomic_write
 from .cameras import eval_ring, sample_orbit
 from .guidance import make_guidance
 from .guidance.schedule import warm as warm_of_step
@@ -120,19 +118,6 @@ def tv_squared(img: Tensor) -> Tensor:
     return dx.square().mean() + dy.square().mean()
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _peak_memory(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
@@ -149,7 +134,7 @@ def _peak_memory(device: torch.device) -> int:
 def save_checkpoint(path: Path, *, cfg: C.Config, prompt: str, step: int, params, optimizers,
                     strategy_state: dict, gen: torch.Generator, nonfinite: int,
                     elapsed: float) -> None:
-    _atomic_torch_save({
+    atomic_write(path, lambda tmp: torch.save({
         "format": "ism3d-checkpoint-1",
         "config": C.to_dict(cfg),
         "prompt": prompt,
@@ -162,7 +147,7 @@ def save_checkpoint(path: Path, *, cfg: C.Config, prompt: str, step: int, params
         "torch_rng": torch.get_rng_state(),
         "nonfinite_steps": nonfinite,
         "elapsed_seconds": elapsed,
-    }, path)
+    }, tmp))
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -248,7 +233,6 @@ def train(cfg: C.Config, prompt: str, prior, out_dir: str | Path, *, resume: boo
     consecutive_bad = 0
     last_logs: dict = {}
     step = start
-    stop_early = False
     try:
         for step in range(start, total):
             # 1. learning rates
@@ -317,7 +301,6 @@ def train(cfg: C.Config, prompt: str, prior, out_dir: str | Path, *, resume: boo
                 bar.update(1)
             if callback is not None and callback(Progress(done, total, last_logs["loss"], n,
                                                           sec_per_it, preview)):
-                stop_early = True
                 checkpoint(done, elapsed)
                 break
     finally:

@@ -10,14 +10,14 @@ Frames are uint8 numpy arrays `[F, H, W, 3]` (RGB) throughout.
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..atomic import atomic_write  # noqa: F401  (also re-exported as ism3d.export.atomic_write)
 from ..cameras import eval_ring
 from ..types import CameraBatch, Gaussians
 
@@ -27,32 +27,6 @@ IMAGE_EXTS = (".png",)
 
 class ExportError(ValueError):
     """An export argument is not acceptable (unknown extension, bad frame array...)."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Atomic writes
-# ---------------------------------------------------------------------------------------------
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call `write(tmp_path)` then rename tmp_path to `path`; on any failure remove tmp_path.
-
-    tmp_path is `<folder>/.<name>.tmp<hex><ext>` (same folder, so the rename is atomic; same
-    extension, so format-guessing writers work). The parent folder is created if missing.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp{secrets.token_hex(4)}{path.suffix}"
-    try:
-        write(str(tmp))
-        if not tmp.is_file():
-            raise OSError(f"the writer produced no file for {path}")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        raise
-    return path
 
 
 def _check_frames(frames) -> np.ndarray:
