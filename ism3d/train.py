@@ -271,6 +271,8 @@ def train(cfg: C.Config, prompt: str, prior, out_dir: str | Path, *, resume: boo
                 for o in optimizers.values():
                     o.zero_grad(set_to_none=True)
                 if consecutive_bad >= t_cfg.max_bad_steps:
+                    # params/optimizers were untouched by the bad steps: this is the last good state
+                    checkpoint(step + 1, elapsed_before + time.perf_counter() - t0)
                     raise TrainingDiverged(
                         f"{consecutive_bad} consecutive steps with a non-finite loss or gradient "
                         f"(last at step {step + 1}); the last good state is kept in {ckpt_path}")
