@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from .atomic import atomic_write
 
 __all__ = [
     "PlyError", "PlyElement", "PlyHeader", "read_ply_header", "read_ply_vertices",
@@ -334,22 +334,14 @@ def save_ply(path: str | os.PathLike, params: Mapping[str, Tensor], sh_degree: i
     head = "".join(["ply\n", "format binary_little_endian 1.0\n", f"element vertex {n}\n"]
                    + [f"property float {name}\n" for name in names] + ["end_header\n"])
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             f.write(head.encode("ascii"))
             f.write(body)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+
+    atomic_write(path, write)
 
 
 def load_ply(path: str | os.PathLike) -> tuple[torch.nn.ParameterDict, int]:

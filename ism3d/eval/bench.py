@@ -25,6 +25,7 @@ The benchmark, numbered as in `run_bench`:
 from __future__ import annotations
 
 import datetime as _dt
+import contextlib
 import json
 import math
 import os
@@ -354,12 +355,10 @@ def evaluate_run(folder: Path, reference: Callable[[], Reference], rings: Rings,
 
     ply = folder / "gaussians.ply"
     key = _eval_key(spec, rings, ply)
-    try:
+    with contextlib.suppress(OSError, ValueError):  # no cache, or an unreadable one: recompute
         cached = json.loads((folder / "eval.json").read_text())
         if cached.get("key") == key:
             return cached["metrics"], True
-    except (OSError, ValueError):
-        pass
     params, deg = load_ply(ply)
     g = activate({k: v.detach().to(rings.device) for k, v in params.items()}, deg)
     ref = reference()

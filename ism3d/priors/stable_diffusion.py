@@ -88,11 +88,9 @@ def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
     ok = []
 
     def probe():
-        try:
+        with contextlib.suppress(OSError):  # unreachable: `ok` stays empty
             socket.create_connection((host, port), timeout=timeout).close()
             ok.append(True)
-        except OSError:
-            pass
 
     th = threading.Thread(target=probe, daemon=True)
     th.start()
