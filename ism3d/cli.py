@@ -25,7 +25,8 @@ presets:
 {presets}
 
 outputs (in --out, default outputs/<prompt>):
-  gaussians.ply  turntable.mp4  turntable.gif  views.png  config.yaml  summary.json  checkpoints/
+  gaussians.ply  turntable.mp4  turntable.gif  views.png  mesh.glb  config.yaml  summary.json
+  checkpoints/  previews/
 
 exit codes: 0 done, 1 run failed, 2 bad input (nothing written), 130 interrupted (resumable)
 """
@@ -81,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--config", metavar="FILE.yaml",
                    help="a config file, e.g. a run's config.yaml to reproduce it")
     g.add_argument("--prior", metavar="NAME|HUB_ID|PATH",
-                   help="diffusion prior: 'tiny', a diffusers hub id such as "
+                   help="diffusion prior: 'toy' (shipped ToyWorld), 'tiny', a diffusers hub id such as "
                         "stabilityai/stable-diffusion-2-1-base, a local diffusers folder or a "
                         "single .safetensors file")
     g.add_argument("--guidance", choices=["ism", "sds"], help="distillation method (default ism)")
