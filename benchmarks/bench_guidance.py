@@ -19,23 +19,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ism3d import config as C  # noqa: E402
 from ism3d.guidance import make_guidance  # noqa: E402
 from ism3d.priors import load_prior  # noqa: E402
-
-
-def time_steps(fn, iters: int, device: torch.device) -> list[float]:
-    out = []
-    for _ in range(iters):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        out.append((time.perf_counter() - t0) * 1000)
-    return out
+from bench_render import time_ms  # noqa: E402  (same timing for every benchmark)
 
 
 def main() -> None:
@@ -84,10 +73,10 @@ def main() -> None:
                 out.loss.backward()
                 images.grad = None
 
-            time_steps(step, args.warmup, device)
+            time_ms(step, args.warmup, 0, device)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            ms = time_steps(step, args.iters, device)
+            ms = time_ms(step, args.iters, 0, device)
             peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
             rows.append((f"{method}{' +perp-neg' if perp else ''}", statistics.median(ms),
                          min(ms), max(ms), peak))

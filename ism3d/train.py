@@ -321,7 +321,7 @@ def train(cfg: C.Config, prompt: str, prior, out_dir: str | Path, *, resume: boo
 @torch.no_grad()
 def write_preview(params, sh_degree: int, cfg: C.Config, folder: Path, step: int,
                   device: torch.device) -> Path:
-    """A 4x2 grid of the evaluation ring at the training resolution -> folder/step_XXXXXX.png."""
+    """A 4x2 grid of the evaluation ring at the training resolution -> folder/step_000100.png (6-digit step)."""
     from .export.video import views_grid, write_png
     cams = eval_ring(8, cfg.render.width, cfg.render.height, cfg.camera.eval_radius,
                      cfg.camera.eval_fovy, polar=cfg.camera.eval_polars[0]).to(device)

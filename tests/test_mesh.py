@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -106,9 +105,7 @@ def validate_gltf(path) -> dict:
     if node is None or not (ROOT / "node_modules" / "gltf-validator").is_dir():
         msg = ("the glTF validator needs node and `npm ci` at the repository root "
                "(package.json pins gltf-validator)")
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
+        pytest.fail(msg)  # the README's test command runs `npm ci` first
     r = subprocess.run([node, str(ROOT / "tests" / "gltf_validate.mjs"), str(path)],
                        capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert r.returncode == 0, r.stderr
