@@ -105,6 +105,16 @@ class PriorConfig:
     # For a single .safetensors/.ckpt file: a diffusers folder or hub id with the configs of the
     # same architecture ("" = let diffusers infer it; SD 2.x files then count as 768px v-prediction)
     single_file_config: str = ""
+    # On CUDA, replay the denoiser's forward as CUDA graphs (same kernels, ~3x faster at batch 4
+    # on an H100); false runs it eagerly. Ignored elsewhere.
+    cuda_graphs: bool = True
+    # Latent priors: the side (pixels) the renders are resized to before the VAE encoder; 0 = the
+    # model's own (512 for SD 2.1-base). 256 runs the VAE and UNet at a quarter of the pixels (the
+    # `fast` preset). A multiple of 64.
+    resolution: int = 0
+    # On CUDA, torch.compile the denoiser (inside its graphs) and the VAE encoder: ~25% faster steps
+    # after 1-3 min of compilation the first time (cached on disk for later runs). Ignored elsewhere.
+    compile: bool = False
 
 
 @dataclass
@@ -262,11 +272,13 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
         {},
     ),
     "fast": (
-        "paper with 1500 iters, 256x256 renders, one inversion call of stride 1000 (GPU)",
+        "paper with 1500 iters, 256x256 renders encoded at 256 (32x32 latents), one inversion "
+        "call of stride 1000 (GPU)",
         {
             "train.iters": 1500,
             "render.width": 256,
             "render.height": 256,
+            "prior.resolution": 256,
             "guidance.warmup_iters": 450,
             "guidance.delta_s": 1000,
             "guidance.xs_inv_steps": 1,
@@ -498,6 +510,8 @@ def validate(cfg: Config, latent_prior: bool | None = None) -> None:
     need(t.max_bad_steps >= 1, "train.max_bad_steps", "must be at least 1")
     need(8 <= r.width <= 4096, "render.width", "must be between 8 and 4096")
     need(8 <= r.height <= 4096, "render.height", "must be between 8 and 4096")
+    need(cfg.prior.resolution >= 0 and cfg.prior.resolution % 64 == 0, "prior.resolution",
+         "must be 0 (the model's own) or a positive multiple of 64")
     if latent_prior:
         need(r.width % 8 == 0, "render.width", "must be a multiple of 8 for a latent prior")
         need(r.height % 8 == 0, "render.height", "must be a multiple of 8 for a latent prior")

@@ -7,9 +7,11 @@ One step (numbered as in the code):
     4. render all B views in one call
     5. guided image: the RGB render, or (disparity_prob) the normalised disparity as 3 channels
     6. loss = guidance loss + lambda_tv * (TV^2(rgb) + TV^2(disparity)) + lambda_scale * mean(scale)
-    7. a non-finite loss or gradient is skipped (never reaches the parameters) and counted
-    8. optimizer step, then densification (clone/split/prune/reset) with the render's statistics
-    9. checkpoint (atomic) every `checkpoint_every` steps; preview grid every `preview_every` steps
+    7. backward through the guided image and the renderer
+    8. ONE host sync per step: every loss/gradient finite? (and the logged scalars, read at once)
+    9. a non-finite step is skipped (never reaches the parameters) and counted; otherwise the
+       optimizer step, then densification (clone/split/prune/reset) with the render's statistics
+   10. checkpoint (atomic) every `checkpoint_every` steps; preview grid every `preview_every` steps
 
 Every random draw comes from ONE torch.Generator seeded with `train.seed` and saved in each checkpoint,
 so a run killed at any step and resumed ends with the same gaussians as an uninterrupted run (bit-
@@ -26,10 +28,12 @@ import torch
 from torch import Tensor
 
 from . import config as C
+from . import profiling
 from .atomic import atomic_write
 from .cameras import eval_ring, sample_orbit
 from .guidance import make_guidance
 from .guidance.schedule import warm as warm_of_step
+from .profiling import phase
 from .render import render
 from .scene import activate, init_params
 from .schedules import lr_for_step, make_optimizers, set_lrs
@@ -63,6 +67,8 @@ class Progress:
     num_gaussians: int
     seconds_per_iter: float
     preview_path: str | None = None
+    # the step's logged scalars (loss terms, t, s, eps_calls, ...), as floats
+    logs: dict[str, float] = field(default_factory=dict)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -242,8 +248,9 @@ def train(cfg: C.Config, prompt: str, prior, out_dir: str | Path, *, resume: boo
             bg = sample_backgrounds(B, t_cfg.bg_aug_prob, gen).to(device)
             use_disparity = bool(torch.rand((), generator=gen) < t_cfg.disparity_prob)
             # 4. render
-            out = render(activate(params, sh_degree), cams, bg, backend=cfg.render.backend,
-                         near=cfg.render.near, far=cfg.render.far, eps2d=cfg.render.eps2d)
+            with phase("render_fwd"):
+                out = render(activate(params, sh_degree), cams, bg, backend=cfg.render.backend,
+                             near=cfg.render.near, far=cfg.render.far, eps2d=cfg.render.eps2d)
             strategy.pre_backward(out.info)
             # 5. guided image
             disp = normalised_disparity(out.depth, out.alpha)          # [B,1,H,W]
@@ -259,13 +266,25 @@ def train(cfg: C.Config, prompt: str, prior, out_dir: str | Path, *, resume: boo
                     + t_cfg.lambda_scale * losses["scale"])
             for o in optimizers.values():
                 o.zero_grad(set_to_none=True)
-            # 7. non-finite guard: nothing non-finite reaches the parameters
-            ok = bool(torch.isfinite(loss))
-            if ok:
-                loss.backward()
-                ok = all(p.grad is None or bool(torch.isfinite(p.grad).all())
-                         for p in params.values())
+            # 7. backward (a non-finite loss only makes non-finite gradients, caught below)
+            profiling.mark("bwd_start")
+            if profiling.enabled():
+                images.register_hook(lambda g: profiling.mark("bwd_images"))
+            loss.backward()
+            profiling.mark("bwd_end")
+            profiling.span("encode_bwd", "bwd_start", "bwd_images")
+            profiling.span("render_bwd", "bwd_images", "bwd_end")
+            # 8. the step's one host sync: is everything finite? (+ the logged scalars)
+            with phase("host_sync"):
+                grads = [p.grad for p in params.values() if p.grad is not None]
+                finite = torch.stack([torch.isfinite(loss)] + [torch.isfinite(g).all() for g in grads])
+                scalars = {"loss": loss, **{f"loss_{k}": v for k, v in losses.items()},
+                           **{k: v for k, v in g_out.logs.items() if torch.is_tensor(v)}}
+                read = torch.stack([finite.all().float()] + [v.detach().float().reshape(())
+                                                             for v in scalars.values()]).tolist()
+            ok = read[0] == 1.0
             if not ok:
+                # 9a. nothing non-finite reaches the parameters
                 nonfinite += 1
                 consecutive_bad += 1
                 for o in optimizers.values():
@@ -278,17 +297,19 @@ def train(cfg: C.Config, prompt: str, prior, out_dir: str | Path, *, resume: boo
                         f"(last at step {step + 1}); the last good state is kept in {ckpt_path}")
             else:
                 consecutive_bad = 0
-                # 8. optimizer step, then densification
-                for o in optimizers.values():
-                    o.step()
-                strategy.post_backward(params, optimizers, state, step, out.info)
+                # 9b. optimizer step, then densification
+                with phase("optimizer"):
+                    for o in optimizers.values():
+                        o.step()
+                with phase("densify"):
+                    strategy.post_backward(params, optimizers, state, step, out.info)
 
             done = step + 1
             elapsed = elapsed_before + time.perf_counter() - t0
-            last_logs = {"loss": float(loss.detach()) if ok else float("nan"),
-                         **{f"loss_{k}": float(v.detach()) for k, v in losses.items()},
-                         **g_out.logs}
-            # 9. checkpoint and preview
+            last_logs = {**g_out.logs, **dict(zip(scalars, read[1:]))}
+            if not ok:
+                last_logs["loss"] = float("nan")
+            # 10. checkpoint and preview
             if t_cfg.checkpoint_every and done % t_cfg.checkpoint_every == 0 and done < total:
                 checkpoint(done, elapsed)
             preview = None
@@ -302,7 +323,7 @@ def train(cfg: C.Config, prompt: str, prior, out_dir: str | Path, *, resume: boo
                                 refresh=False)
                 bar.update(1)
             if callback is not None and callback(Progress(done, total, last_logs["loss"], n,
-                                                          sec_per_it, preview)):
+                                                          sec_per_it, preview, last_logs)):
                 checkpoint(done, elapsed)
                 break
     finally:

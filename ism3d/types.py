@@ -72,5 +72,6 @@ class RenderOut:
 @dataclass
 class GuidanceOut:
     loss: Tensor                                  # scalar; d loss / d images = the guidance gradient
-    logs: dict[str, float] = field(default_factory=dict)       # t, s, grad_norm, ...
+    # t, s, grad_norm, ...: floats, or 0-d tensors the trainer reads in its one host sync per step
+    logs: dict[str, float | Tensor] = field(default_factory=dict)
     images: dict[str, Tensor] | None = None       # optional debug images [B, 3, H, W] in [0, 1]

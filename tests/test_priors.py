@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ism3d import config as C
 from ism3d.config import PriorConfig
 from ism3d.priors import DiffusionPrior, PixelPrior, PriorError, PromptError, load_prior, resolve_prior
 from ism3d.priors.base import alphas_cumprod_from_config
@@ -251,6 +252,28 @@ def test_encode_resizes_bilinear_without_antialias(sd):
     z = sd.encode(img)
     manual = F.interpolate(img, size=(64, 64), mode="bilinear", align_corners=False, antialias=False)
     torch.testing.assert_close(z, sd.encode(manual), rtol=0, atol=0)
+
+
+def test_resolution_sets_the_encoder_input_and_latent_size(sd_dir):
+    """prior.resolution=128 on a 64-px model: renders resized to 128, latents 16x16, eps runs there."""
+    cfg = PriorConfig(name=str(sd_dir), resolution=128)
+    p = load_prior(cfg, "cpu")
+    assert p.image_size == 128 and p.latent_shape == (4, 16, 16)
+    img = torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(3))
+    z = p.encode(img)
+    assert z.shape == (2, 4, 16, 16)
+    manual = F.interpolate(img, size=(128, 128), mode="bilinear", align_corners=False, antialias=False)
+    with torch.no_grad():
+        ref = p.vae.encode(manual * 2 - 1).latent_dist.mean * p.vae.config.scaling_factor
+    torch.testing.assert_close(z.detach(), ref, rtol=1e-5, atol=1e-6)
+    eps = p.eps(z.detach(), torch.tensor([5, 500]), p.embed(["a cat", ""]))
+    assert eps.shape == (2, 4, 16, 16)
+    p.set_resolution(0)
+    assert p.image_size == 64 and p.latent_shape == (4, 8, 8)
+    with pytest.raises(PriorError, match="multiple of 64"):
+        p.set_resolution(96)
+    with pytest.raises(C.ConfigError, match="prior.resolution"):
+        C.validate(C.apply_overrides(C.Config(), {"prior.resolution": "100"}))
 
 
 def test_encode_is_differentiable_and_matches_finite_differences(sd):

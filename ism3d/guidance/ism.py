@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from ..profiling import phase
 from ..types import GuidanceOut
 from .ddim import ddim_step, gamma, q_sample, x0_hat
 from .perpneg import guided_eps
@@ -79,7 +80,8 @@ class ISMGuidance:
         t, s, dT = sample_t(warm, cfg, generator)
 
         # 2. z0 = encode(render): the gradient flows back through this call only
-        z0 = prior.encode(images)                                         # [B, C, h, w]
+        with phase("encode_fwd"):
+            z0 = prior.encode(images)                                     # [B, C, h, w]
         work = torch.promote_types(z0.dtype, torch.float32)               # float32 at least
         z0w = z0.to(work)
         ac = prior.alphas_cumprod.to(device=z0.device, dtype=work)        # [T]
@@ -94,27 +96,23 @@ class ISMGuidance:
             return prior.eps(x, tt, emb).to(work)
 
         with torch.no_grad():
-            # 3. x at start (almost clean): q_sample(z0, noise, start), start = max(s - delta_s * n, t_first)
-            start = max(s - cfg.delta_s * cfg.xs_inv_steps, cfg.t_first)
+            # 3. x at start (almost clean): q_sample(z0, noise, start)
+            steps = inversion_steps(s, cfg)
+            start = steps[0][0] if steps else s
             x = q_sample(z0w.detach(), noise, ac[start])                  # [B, C, h, w]
-            # 4. DDIM inversion start -> s, empty prompt, eps at the SOURCE step; when
-            #    s < t_first (s = 0) this is one small denoising step t_first -> s
-            cur = start
-            if not (cur == s and cfg.skip_identity_inversion):
-                for _ in range(cfg.xs_inv_steps):
-                    nxt = min(cur + cfg.delta_s, s)
+            # 4. DDIM inversion start -> s, empty prompt, eps at the SOURCE step
+            with phase("inversion"):
+                for cur, nxt in steps:
                     x = ddim_step(x, eps(x, cur, empty), ac[cur], ac[nxt])
-                    cur = nxt
-                    if cur == s:
-                        break
-            assert cur == s, (cur, s)
             inv_calls = calls["eps_calls"]
             x_s = x
             # 5. the target eps_s = eps(x_s, s, empty) and x_t = step(x_s, s -> t, eps_s)
-            eps_s = eps(x_s, s, empty)                                    # [B, C, h, w]
-            x_t = ddim_step(x_s, eps_s, ac[s], ac[t])
+            with phase("target"):
+                eps_s = eps(x_s, s, empty)                                # [B, C, h, w]
+                x_t = ddim_step(x_s, eps_s, ac[s], ac[t])
             # 6. CFG at x_t: one batched call of 2B (4B with Perp-Neg) rows
-            eps_cfg, _ = guided_eps(eps, self.prompts, x_t, t, azimuth, cfg)
+            with phase("cfg"):
+                eps_cfg, _ = guided_eps(eps, self.prompts, x_t, t, azimuth, cfg)
             # 7. grad = lambda * gamma(t) * (eps_cfg - eps_s); non-finite values are left visible
             grad = cfg.lambda_guidance * gamma(ac[t]) * (eps_cfg - eps_s)  # [B, C, h, w]
 
@@ -124,7 +122,7 @@ class ISMGuidance:
         if cfg.reduce == "mean":
             loss = loss / B
 
-        logs = {"t": float(t), "s": float(s), "dT": float(dT), "grad_norm": float(grad.norm()),
+        logs = {"t": float(t), "s": float(s), "dT": float(dT), "grad_norm": grad.norm(),
                 "inv_calls": float(inv_calls), "eps_calls": float(calls["eps_calls"]),
                 "eps_rows": float(calls["eps_rows"])}
         out_images = None
@@ -136,6 +134,31 @@ class ISMGuidance:
                     "x0_target": prior.decode(x0_hat(x_s, ac[s], eps_s)),
                 }
         return GuidanceOut(loss=loss, logs=logs, images=out_images)
+
+
+def inversion_steps(s: int, cfg: "GuidanceConfig") -> list[tuple[int, int]]:
+    """The DDIM inversion steps (source, destination) that take x from `start` to `s`.
+
+        start = max(s - delta_s * xs_inv_steps, t_first)
+        start -> start + delta_s -> ... -> s     (the last step may be shorter; at most
+                                                  xs_inv_steps steps, each one prior call)
+
+    When s < t_first (s = 0) it is one small denoising step t_first -> s. When s == start and
+    `skip_identity_inversion`, there is no step (x_s = x_start; the identity call is skipped).
+    Benchmarks use it to count calls per step without running them.
+    """
+    start = max(s - cfg.delta_s * cfg.xs_inv_steps, cfg.t_first)
+    if start == s and cfg.skip_identity_inversion:
+        return []
+    steps, cur = [], start
+    for _ in range(cfg.xs_inv_steps):
+        nxt = min(cur + cfg.delta_s, s)
+        steps.append((cur, nxt))
+        cur = nxt
+        if cur == s:
+            break
+    assert cur == s, (cur, s)
+    return steps
 
 
 def _check_config(prior: "DiffusionPrior", cfg: "GuidanceConfig") -> None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from ..profiling import phase
 from ..types import GuidanceOut
 from .ddim import gamma, q_sample, x0_hat
 from .perpneg import guided_eps
@@ -83,7 +84,8 @@ class SDSGuidance:
         # 1. timestep t (the ISM sampler; s and dT are unused)
         t, _, _ = sample_t(warm, cfg, generator)
         # 2. z0 = encode(render)
-        z0 = prior.encode(images)                                         # [B, C, h, w]
+        with phase("encode_fwd"):
+            z0 = prior.encode(images)                                     # [B, C, h, w]
         work = torch.promote_types(z0.dtype, torch.float32)
         z0w = z0.to(work)
         ac = prior.alphas_cumprod.to(device=z0.device, dtype=work)        # [T]
@@ -98,7 +100,8 @@ class SDSGuidance:
             # 3. x_t = q_sample(z0, noise, t)
             x_t = q_sample(z0w.detach(), noise, ac[t])                    # [B, C, h, w]
             # 4. CFG at x_t
-            eps_cfg, _ = guided_eps(eps, self.prompts, x_t, t, azimuth, cfg)
+            with phase("cfg"):
+                eps_cfg, _ = guided_eps(eps, self.prompts, x_t, t, azimuth, cfg)
             # 5. grad = lambda * w(t) * (eps_cfg - noise)
             grad = cfg.lambda_guidance * sds_weight(ac[t], cfg.sds_weighting) * (eps_cfg - noise)
 
@@ -108,7 +111,7 @@ class SDSGuidance:
         if cfg.reduce == "mean":
             loss = loss / B
 
-        logs = {"t": float(t), "grad_norm": float(grad.norm()),
+        logs = {"t": float(t), "grad_norm": grad.norm(),
                 "eps_calls": float(calls["eps_calls"]), "eps_rows": float(calls["eps_rows"])}
         out_images = None
         if return_images:

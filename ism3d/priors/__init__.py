@@ -39,7 +39,8 @@ def load_prior(cfg: "PriorConfig", device: torch.device | str) -> DiffusionPrior
     """Build the prior named by `cfg.name` on `device`, frozen and in eval mode.
 
     Args:
-        cfg: `PriorConfig` (name, dtype, latent, offline, single_file_config).
+        cfg: `PriorConfig` (name, dtype, latent, offline, single_file_config, resolution,
+            cuda_graphs, compile).
         device: torch device of all the prior's computations.
 
     Returns:
@@ -53,11 +54,18 @@ def load_prior(cfg: "PriorConfig", device: torch.device | str) -> DiffusionPrior
     device = torch.device(device)
     loc = resolve_prior(cfg.name, offline=cfg.offline)
     if loc == "tiny":
-        return PixelPrior.tiny(device, dtype=resolve_dtype(cfg.dtype, device, auto=torch.float32))
-    if is_pixel_prior(loc):
-        return PixelPrior.from_pretrained(loc, device, dtype=resolve_dtype(cfg.dtype, device, auto=torch.float32))
-    return load_stable_diffusion(loc, device, cfg.dtype, cfg.latent, cfg.single_file_config, cfg.offline,
-                                 name=cfg.name)
+        prior = PixelPrior.tiny(device, dtype=resolve_dtype(cfg.dtype, device, auto=torch.float32))
+    elif is_pixel_prior(loc):
+        prior = PixelPrior.from_pretrained(loc, device, dtype=resolve_dtype(cfg.dtype, device, auto=torch.float32))
+    else:
+        prior = load_stable_diffusion(loc, device, cfg.dtype, cfg.latent, cfg.single_file_config, cfg.offline,
+                                      name=cfg.name)
+        prior.set_resolution(cfg.resolution)
+    if cfg.cuda_graphs:
+        prior.enable_cuda_graphs(compile=cfg.compile)
+    if cfg.compile and hasattr(prior, "compile_encoder"):
+        prior.compile_encoder()
+    return prior
 
 
 def __getattr__(name: str):

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import PriorError, PromptError, alphas_cumprod_from_config, check_eps_inputs, check_images
+from .cuda_graph import GraphedUNet
 
 FORMAT = "ism3d-pixel-prior"
 FORMAT_VERSION = 1
@@ -139,7 +140,7 @@ class WordTextEncoder(nn.Module):
         return self.norm(self.encoder(h))
 
 
-class PixelPrior:
+class PixelPrior(GraphedUNet):
     """Pixel-space text-conditional eps-prediction prior (see the module docstring).
 
     Args:
@@ -321,9 +322,7 @@ class PixelPrior:
     def eps(self, x: Tensor, t: Tensor, emb: Tensor) -> Tensor:
         """x_t [B, 3, S, S], t [B] long, emb [B, L, D] -> predicted noise [B, 3, S, S] float32."""
         check_eps_inputs(self, x, t, emb)
-        out = self.unet(x.to(self.device, self.dtype), t.to(self.device),
-                        encoder_hidden_states=emb.to(self.device, self.dtype)).sample
-        return out.float()
+        return self.denoise(x, t, emb).float()
 
 
 def is_pixel_prior(path: str | Path) -> bool:

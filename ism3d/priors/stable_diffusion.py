@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import PriorError, PromptError, alphas_cumprod_from_config, check_eps_inputs, check_images
+from .cuda_graph import GraphedUNet
 
 DEFAULT_PRIOR = "stabilityai/stable-diffusion-2-1-base"
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
@@ -244,7 +245,7 @@ def resolve_dtype(name: str, device: torch.device, auto: torch.dtype | None = No
     return table[name]
 
 
-class StableDiffusionPrior:
+class StableDiffusionPrior(GraphedUNet):
     """A frozen Stable Diffusion model behind the DiffusionPrior protocol.
 
     Args:
@@ -307,6 +308,21 @@ class StableDiffusionPrior:
         self.max_length = int(tokenizer.model_max_length)
         self._cache: dict[str, Tensor] = {}
         self._warned: set[str] = set()
+        self._moments = self._vae_moments   # compile_encoder() may replace it
+        self._encoder_compiled = False
+
+    def set_resolution(self, resolution: int) -> None:
+        """Resize renders to `resolution` pixels before the encoder (0 = the model's own size);
+        latents are then resolution / vae_scale on a side. Nothing is reloaded."""
+        if resolution:
+            if resolution % (8 * self.vae_scale):
+                raise PriorError(f"prior.resolution {resolution} must be a multiple of {8 * self.vae_scale}")
+            h = resolution // self.vae_scale
+        else:
+            s = self.unet.config.sample_size
+            h = int(s if isinstance(s, int) else s[0])
+        self.latent_shape = (self.latent_shape[0], h, h)
+        self.image_size = h * self.vae_scale
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -414,14 +430,26 @@ class StableDiffusionPrior:
                               align_corners=False, antialias=False)
         x = (x * 2.0 - 1.0).to(self.dtype)  # [B, 3, S, S]
         with torch.autocast(device_type=self.device.type, enabled=False):
-            dist = self.vae.encode(x).latent_dist
+            mean, std = self._moments(x)
             if self.latent == "mean":
-                lat = dist.mean
+                lat = mean
             else:
-                noise = torch.randn(dist.mean.shape, generator=self.generator, device=self.device,
-                                    dtype=dist.mean.dtype)
-                lat = dist.mean + dist.std * noise
+                noise = torch.randn(mean.shape, generator=self.generator, device=self.device,
+                                    dtype=mean.dtype)
+                lat = mean + std * noise
         return (lat.float() - self.shift_factor) * self.scaling_factor  # [B, 4, h, w]
+
+    def _vae_moments(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x [B, 3, S, S] in [-1, 1] -> posterior mean and std [B, 4, h, w] (prior dtype)."""
+        dist = self.vae.encode(x).latent_dist
+        return dist.mean, dist.std
+
+    def compile_encoder(self) -> bool:
+        """`torch.compile` the VAE encoder (forward and backward) on CUDA; returns whether it is."""
+        if self.device.type == "cuda" and not self._encoder_compiled:
+            self._moments = torch.compile(self._vae_moments, dynamic=False)
+            self._encoder_compiled = True
+        return self._encoder_compiled
 
     @torch.no_grad()
     def decode(self, z: Tensor) -> Tensor:
@@ -441,8 +469,7 @@ class StableDiffusionPrior:
         """
         check_eps_inputs(self, x, t, emb)
         t = t.to(self.device)
-        out = self.unet(x.to(self.device, self.dtype), t,
-                        encoder_hidden_states=emb.to(self.device, self.dtype)).sample.float()
+        out = self.denoise(x, t, emb).float()
         if self.prediction_type == "epsilon":
             return out
         return prediction_to_eps(out, x.to(self.device).float(), self.alphas_cumprod[t], self.prediction_type)
