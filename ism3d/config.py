@@ -313,7 +313,12 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
             "strategy.reset_until": 0,
             "strategy.prune_big_after": 50,
             "strategy.max_gaussians": 12000,
-            "camera.decay_every": 27,
+            # fixed framing, the eval ring's: the prior saw objects only at this distance and
+            # field of view, so the distilled object's size is pinned (see toyworld/data.py)
+            "camera.radius_range": (3.5, 3.5),
+            "camera.radius_floor": (3.5, 3.5),
+            "camera.fovy_range": (0.55, 0.55),
+            "camera.fovy_floor": 0.55,
             "output.video_size": 256,
         },
     ),

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..cameras import orbit_cameras
+from ..config import CameraConfig, preset_config
 from ..guidance.ddim import q_sample, x0_hat
 from ..priors.pixel import FORMAT, SD_SCHEDULE, PixelPrior, PixelPriorConfig
 from .data import DataConfig, ObjectBank, ToyWorldData
@@ -437,6 +438,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="share of non-white backgrounds (random colour or black)")
     p.add_argument("--schedule-span", type=int, default=0,
                    help="camera schedule steps drawn in [0, span); 0 = 10 x camera.decay_every")
+    p.add_argument("--framing", default="toy", choices=["toy", "spec"],
+                   help="training cameras: the toy preset's fixed framing (radius 3.5, fovy 0.55, "
+                        "the eval ring's) or the spec's orbit distribution with its zoom schedule")
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--cfg", type=float, default=5.0, help="guidance scale of the samples/metrics")
     p.add_argument("--ddim-steps", type=int, default=50)
@@ -501,9 +505,12 @@ def main(argv: list[str] | None = None) -> dict:
         f"(~{2 * n_params / 1e6:.1f} MB fp16), vocab {len(prior.words)}")
 
     # 2. data
+    # the cameras of the preset that distils with this prior (toy: fixed framing) or the spec's
+    # orbit distribution with its progressive zoom (--framing spec)
+    camera = preset_config("toy").camera if args.framing == "toy" else CameraConfig()
     dcfg = DataConfig(res=res, n_points=args.points, objects_per_batch=args.objects_per_batch,
                       p_disparity=args.p_disparity, bg_aug_prob=args.bg_aug_prob,
-                      schedule_span=args.schedule_span)
+                      schedule_span=args.schedule_span, camera=camera)
     t0 = time.perf_counter()
     data = ToyWorldData(dcfg, device)
     log(f"[data] {len(data.bank)} objects x {data.bank.means.shape[1]} gaussians, camera steps "
@@ -676,8 +683,12 @@ def write_model_card(path: Path, metrics: dict, grid_prompts: list[str], prior: 
         "",
         "## Data",
         "Rendered on the fly (no dataset): a random object, cameras from `cameras.sample_orbit`",
-        "(the distillation's own distribution: polar 45..105, any azimuth, radius and fovy over the",
-        "whole progressive schedule), backgrounds white or (p = 0.66) a random colour or black, "
+        ("(the `toy` preset's: polar 45..105, any azimuth, fixed framing radius 3.5 and fovy 0.55 = "
+         "the eval ring's, so the distilled object's size is pinned), "
+         if tr["args"].get("framing", "spec") == "toy" else
+         "(the spec's distribution: polar 45..105, any azimuth, radius and fovy over the whole "
+         "progressive schedule), "),
+        "backgrounds white or (p = 0.66) a random colour or black, "
         f"{tr['data']['p_disparity']:.0%} normalised",
         f"disparity maps; captions {tr['data']['p_empty']:.0%} empty, {tr['data']['p_plain']:.0%} without view suffix.",
         "",
@@ -687,6 +698,8 @@ def write_model_card(path: Path, metrics: dict, grid_prompts: list[str], prior: 
         f"- AdamW lr {tr['args']['lr']} (warm-up {tr['args']['warmup']}, cosine to "
         f"{tr['args']['min_lr_ratio']}x), weight decay {tr['args']['weight_decay']}, grad clip "
         f"{tr['args']['clip']}, EMA {tr['args']['ema']} (saved), bf16 autocast on CUDA, seed {tr['args']['seed']}.",
+        *([f"- Continued from `{tr['args']['init_from']}` (its own card gives its training)."]
+          if tr["args"].get("init_from") else []),
         "",
         "## Samples",
         "![samples](samples.png)",
