@@ -29,8 +29,9 @@ class ConfigError(ValueError):
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class InitConfig:
-    # How to place the initial gaussians: ball | shell | box | file
-    kind: Literal["ball", "shell", "box", "file"] = "ball"
+    # How to place the initial gaussians: ball | shell | box | file | shap-e | point-e (a point
+    # cloud generated from a text prompt, ism3d/inits/)
+    kind: Literal["ball", "shell", "box", "file", "shap-e", "point-e"] = "ball"
     # Number of initial gaussians (for kind=file: points sampled on a mesh surface; 0 = all points)
     num_points: int = 100_000
     # Ball/shell radius, or half the side of the box (world units)
@@ -45,6 +46,27 @@ class InitConfig:
     opacity: float = 0.1
     # Spherical-harmonics degree of the colour (0..3); the paper recipe uses 0
     sh_degree: int = 0
+    # kind=shap-e|point-e: the generator's text prompt ("" = the main prompt), e.g. "a hamburger."
+    prompt: str = ""
+    # kind=shap-e: a diffusers Shap-E pipeline, hub id or local folder
+    model: str = "openai/shap-e"
+    # kind=shap-e|point-e: colour the gaussians with the generated colours (else init.color)
+    use_colors: bool = False
+    # kind=shap-e|point-e: gaussians per generated point; num_points / copies points are made
+    # (Point-E: at most its 4096; the reference: 20 copies, so 81,920 gaussians)
+    copies: int = 20
+    # kind=shap-e|point-e: the copies are jittered in a ball of this radius (reference 0.05)
+    jitter: float = 0.05
+    # kind=shap-e|point-e: world units per generator unit
+    scale: float = 1.0
+    # kind=shap-e|point-e: sampling steps of the generator (Karras/Heun steps, both 64)
+    steps: int = 64
+    # kind=shap-e: classifier-free guidance scale (GaussianDreamer: 15)
+    shap_e_guidance: float = 15.0
+    # kind=point-e: guidance scale of the base model (the reference: 3; its upsampler unguided)
+    point_e_guidance: float = 3.0
+    # kind=shap-e: marching-cubes grid of the mesh decode (128 = the diffusers pipeline's)
+    shap_e_grid: int = 128
 
 
 @dataclass

@@ -59,6 +59,7 @@ def slugify(prompt: str, max_len: int = 60) -> str:
 def prepare(prompt: str, *, cfg: C.Config, preset: str, out_dir: str | Path | None = None,
             out_root: str | Path = "outputs", resume: bool = False, force: bool = False) -> Plan:
     """Check everything that can be checked without loading a model. Raises ConfigError/RunError."""
+    from .inits import check_init
     from .priors import resolve_prior
     from .priors.pixel import is_pixel_prior
 
@@ -72,6 +73,8 @@ def prepare(prompt: str, *, cfg: C.Config, preset: str, out_dir: str | Path | No
     # PriorError (a ValueError) when missing: one clear line, in seconds, nothing loaded
     loc = resolve_prior(cfg.prior.name, offline=cfg.prior.offline)
     C.validate(cfg, latent_prior=not (loc == "tiny" or is_pixel_prior(loc)))
+    # init.kind=shap-e/point-e: its model or package must be there unless resuming (exit 2)
+    check_init(cfg.init, offline=cfg.prior.offline, need_model=not resume)
 
     out = Path(out_dir) if out_dir is not None else Path(out_root) / slugify(prompt)
     if out.exists() and not out.is_dir():

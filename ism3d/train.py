@@ -33,9 +33,10 @@ from .atomic import atomic_write
 from .cameras import eval_ring, sample_orbit
 from .guidance import make_guidance
 from .guidance.schedule import warm as warm_of_step
+from .inits import init_from_config
 from .profiling import phase
 from .render import render
-from .scene import activate, init_params
+from .scene import activate
 from .schedules import lr_for_step, make_optimizers, set_lrs
 from .strategy import DensifyStrategy
 
@@ -216,7 +217,8 @@ def train(cfg: C.Config, prompt: str, prior, out_dir: str | Path, *, resume: boo
         start, nonfinite = ckpt["step"], ckpt["nonfinite_steps"]
         elapsed_before = ckpt.get("elapsed_seconds", 0.0)
     else:
-        params = init_params(cfg.init, gen).to(device)
+        # scene.py's kinds, or a cloud generated from text (ism3d/inits: out_dir/init_points.ply)
+        params = init_from_config(cfg, prompt, out_dir, device, gen).to(device)
         optimizers = make_optimizers(params, cfg.optim)
         state = strategy.init_state(params["means"].shape[0], device)
 
