@@ -163,8 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--prior", metavar="NAME|PATH",
                    help="diffusion prior (default: the preset's; 'tiny' for smoke runs)")
     v.add_argument("--preset", default=None, choices=list(C.PRESETS),
-                   help="starting recipe of every run (default: toy if it exists, else "
-                        f"{C.DEFAULT_PRESET})")
+                   help="starting recipe of every run (default: toy, the shipped ToyWorld prior)")
     v.add_argument("--prompts", default=None, metavar="default|FILE.txt",
                    help="the prompt set: 'default' (12 prompts, every family, each asymmetric "
                         "one twice) or a file with one prompt per line")
@@ -187,6 +186,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "(explicit flags win)")
     v.add_argument("--quiet", action="store_true", help="no progress bar")
     p._eval = v  # main() parses `eval` intermixed (KEY=VALUE between options)
+    from .batch.command import add_parser as add_batch_parser
+    p._batch = add_batch_parser(sub)  # `batch` is parsed intermixed too
+
+    s = sub.add_parser(
+        "serve", help="web app: prompt, live progress, 3D viewer, downloads, gallery",
+        description="Serve the web app (Gradio): type a prompt, watch it form, spin the result, "
+                    "download it. Runs go to ROOT/<prompt> exactly as `ism3d generate` writes "
+                    "them, one at a time per GPU. Needs the extra: pip install \"ism3d[app]\".")
+    s.add_argument("--host", default="127.0.0.1",
+                   help="interface to bind (127.0.0.1: this machine only; 0.0.0.0: everyone who "
+                        "can reach it)")
+    s.add_argument("--port", type=int, default=7860, help="TCP port (7860)")
+    s.add_argument("--out", default="outputs", metavar="ROOT",
+                   help="folder of the runs (default outputs)")
+    s.add_argument("--share", action="store_true",
+                   help="also open a public Gradio share link (off by default)")
     return p
 
 
@@ -396,12 +411,35 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:
+        print('ism3d serve needs the app extra: pip install "ism3d[app]"', file=sys.stderr)
+        return 2
+    if not 0 < args.port < 65536:
+        return _fail(f"--port must be between 1 and 65535 (got {args.port})")
+    from .app.server import serve
+    try:
+        return serve(host=args.host, port=args.port, out_root=args.out, share=args.share)
+    except OSError as e:
+        return _fail(f"cannot serve on {args.host}:{args.port}: {e.strerror or e}")
+
+
+def cmd_batch(args) -> int:
+    from .batch.command import cmd_batch as run
+    return run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "generate":  # options may come between the prompt and KEY=VALUE items
         args = parser._generate.parse_intermixed_args(argv[1:])
         args.command = "generate"
+    elif argv and argv[0] == "batch":
+        args = parser._batch.parse_intermixed_args(argv[1:])
+        args.command = "batch"
     elif argv and argv[0] == "eval":
         args = parser._eval.parse_intermixed_args(argv[1:])
         args.command = "eval"
@@ -411,7 +449,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     return {"generate": cmd_generate, "render": cmd_render,
-            "export": cmd_export, "eval": cmd_eval}[args.command](args)
+            "export": cmd_export, "eval": cmd_eval, "serve": cmd_serve,
+            "batch": cmd_batch}[args.command](args)
 
 
 if __name__ == "__main__":
