@@ -380,7 +380,8 @@ def test_jobs_run_one_per_gpu_slot(tmp_path):
     """Each GPU is one slot: with 2 GPUs two jobs train at once, each on its own device."""
     devices = [f"cuda:{i}" for i in range(min(torch.cuda.device_count(), 2))]
     m = JobManager(tmp_path / "runs", devices=devices)
-    jobs = [m.start(tiny("a red cube", iters=30, overrides=FAST + " render.backend=torch"),
+    # no mp4 (the GPU machine has no ffmpeg): the test is about device slots
+    jobs = [m.start(tiny("a red cube", iters=30, overrides=FAST + " render.backend=torch output.video=false"),
                     owner=f"user{i}") for i in range(len(devices))]
     finals = [j.wait() for j in jobs]
     assert [f.kind for f in finals] == ["done"] * len(devices), [f.message for f in finals]
