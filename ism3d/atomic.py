@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -32,3 +33,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def ensure_writable_dir(folder: Path) -> None:
+    """Create `folder` (and parents) and prove a file can be created in it; raises OSError."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
+    os.close(fd)
+    os.unlink(probe)

@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch
 
 from . import __version__
 from . import config as C
-from .atomic import write_text_atomic
+from .atomic import ensure_writable_dir, write_text_atomic
 from .train import CHECKPOINT, TrainResult, load_checkpoint, resolve_device, train
 
 MAX_PROMPT_CHARS = 1000
@@ -97,10 +96,7 @@ def prepare(prompt: str, *, cfg: C.Config, preset: str, out_dir: str | Path | No
                        "--force to replace it, or --out to choose another folder")
     # Can we write there? Create it now (empty) and probe.
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=out)
-        os.close(fd)
-        os.unlink(probe)
+        ensure_writable_dir(out)
     except OSError as e:
         raise RunError(f"cannot write to output folder {out}: {e.strerror or e}") from None
     return Plan(prompt=prompt, cfg=cfg, preset=preset, out_dir=out, resume=resume, device=device)

@@ -7,10 +7,8 @@ started); 130 stopped with Ctrl-C (running jobs checkpointed; re-run the same co
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
-import tempfile
 from pathlib import Path
 
 from .. import config as C
@@ -161,10 +159,8 @@ def cmd_batch(args) -> int:
 
 def _probe_writable(root: Path) -> None:
     from . import BatchError
+    from ..atomic import ensure_writable_dir
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=root)
-        os.close(fd)
-        os.unlink(probe)
+        ensure_writable_dir(root)
     except OSError as e:
         raise BatchError(f"cannot write to --out {root}: {e.strerror or e}") from None

@@ -35,7 +35,6 @@ shap_e_renderer's weights, configs, tokenizer). Anything else is one `InitError`
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 from pathlib import Path
@@ -146,16 +145,10 @@ def resolve_shap_e(name: str, offline: bool = False) -> str:
 
 def _cached_snapshot(repo_id: str) -> Path | None:
     """The HF-cache snapshot folder of `repo_id` if it holds every component; no network."""
-    from huggingface_hub import try_to_load_from_cache
+    from ..priors.stable_diffusion import hf_cache_folder
 
-    try:
-        hit = try_to_load_from_cache(repo_id, "model_index.json")
-    except ValueError:
-        return None
-    if not isinstance(hit, str):
-        return None
-    folder = Path(hit).parent
-    return folder if not missing_parts(folder) else None
+    folder = hf_cache_folder(repo_id)
+    return folder if folder is not None and not missing_parts(folder) else None
 
 
 def _download(repo_id: str) -> Path:
@@ -185,24 +178,6 @@ def _download(repo_id: str) -> Path:
 # ---------------------------------------------------------------------------------------------
 # 1. loading
 # ---------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _quiet_hf():
-    """diffusers/transformers: errors only, no progress bars, while loading (then restored)."""
-    from diffusers.utils import logging as dlog
-    from transformers.utils import logging as tlog
-
-    saved = [(lib, lib.get_verbosity(), lib.is_progress_bar_enabled()) for lib in (dlog, tlog)]
-    for lib, _, _ in saved:
-        lib.set_verbosity_error()
-        lib.disable_progress_bar()
-    try:
-        yield
-    finally:
-        for lib, verbosity, bar in saved:
-            lib.set_verbosity(verbosity)
-            (lib.enable_progress_bar if bar else lib.disable_progress_bar)()
-
-
 def load_pipeline(folder: str | Path, device: torch.device | str,
                   dtype: torch.dtype | None = None):
     """A diffusers ShapEPipeline from a local folder, each component loaded on its own.
@@ -217,11 +192,13 @@ def load_pipeline(folder: str | Path, device: torch.device | str,
     from diffusers.pipelines.shap_e import ShapERenderer
     from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
+    from ..priors.stable_diffusion import quiet_hf
+
     folder, device = Path(folder), torch.device(device)
     if dtype is None:
         dtype = torch.float16 if device.type == "cuda" else torch.float32
     try:
-        with _quiet_hf():
+        with quiet_hf():
             prior = PriorTransformer.from_pretrained(
                 folder, subfolder="prior", torch_dtype=dtype, local_files_only=True,
                 variant=_weights_variant(folder / "prior", "prior"))

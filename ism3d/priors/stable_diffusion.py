@@ -106,19 +106,25 @@ def _offline_error(repo_id: str) -> PriorError:
         f"folder/file with --prior PATH")
 
 
-def cached_snapshot(repo_id: str, need_weights: bool = True) -> Path | None:
-    """The HF-cache snapshot folder of `repo_id` (main revision) if it holds a diffusers SD model
-    (configs, and weights for unet, vae and text_encoder unless `need_weights` is False); None
-    otherwise. Never touches the network."""
+def hf_cache_folder(repo_id: str) -> Path | None:
+    """The HF-cache snapshot folder (main revision) holding `repo_id`'s model_index.json, or None.
+    Never touches the network; the caller checks the folder is complete."""
     from huggingface_hub import try_to_load_from_cache
 
     try:
         hit = try_to_load_from_cache(repo_id, "model_index.json")
     except ValueError:  # malformed id
         return None
-    if not isinstance(hit, str):
+    return Path(hit).parent if isinstance(hit, str) else None
+
+
+def cached_snapshot(repo_id: str, need_weights: bool = True) -> Path | None:
+    """The HF-cache snapshot folder of `repo_id` (main revision) if it holds a diffusers SD model
+    (configs, and weights for unet, vae and text_encoder unless `need_weights` is False); None
+    otherwise. Never touches the network."""
+    folder = hf_cache_folder(repo_id)
+    if folder is None:
         return None
-    folder = Path(hit).parent
     if need_weights:
         return folder if _missing_parts(folder) == [] else None
     return folder if all((folder / c).is_dir() for c in COMPONENTS) else None
@@ -215,7 +221,7 @@ def download(repo_id: str) -> Path:
 # The prior
 # ---------------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def _quiet_hf():
+def quiet_hf():
     """Silence diffusers/transformers info logs and progress bars while loading (errors still
     show); restores their previous settings."""
     from diffusers.utils import logging as dlog
@@ -341,7 +347,7 @@ class StableDiffusionPrior(GraphedUNet):
             raise PriorError(f"{folder} is not a complete Stable Diffusion folder: missing "
                              f"{', '.join(missing)} (config or weights)")
         try:
-            with _quiet_hf():
+            with quiet_hf():
                 sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
                 vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dt, local_files_only=True,
                                                     variant=_weights_variant(folder / "vae", "vae"))
@@ -375,7 +381,7 @@ class StableDiffusionPrior(GraphedUNet):
         cfg_src = config.strip() or _inferred_config_repo(path)
         loc = _config_source(cfg_src, path, offline)
         try:
-            with _quiet_hf():
+            with quiet_hf():
                 pipe = StableDiffusionPipeline.from_single_file(
                     str(path), config=loc, local_files_only=Path(loc).is_dir(), torch_dtype=dt,
                     safety_checker=None, feature_extractor=None, requires_safety_checker=False)
