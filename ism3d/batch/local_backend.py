@@ -16,6 +16,7 @@ failed job ("the worker process died ...") and replaced for the next job.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import selectors
@@ -155,10 +156,8 @@ class LocalBackend:
                 continue
             if slot.job is not None and slot.proc.poll() is None:
                 slot.proc.send_signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(OSError):
                 slot.proc.stdin.close()
-            except OSError:
-                pass
         for slot in self.slots:
             if slot.proc is not None:
                 try:
@@ -180,10 +179,8 @@ class LocalBackend:
 
     def _drop(self, slot: _Slot) -> None:
         if slot.proc is not None:
-            try:
+            with contextlib.suppress(KeyError, ValueError):
                 self.sel.unregister(slot.proc.stdout)
-            except (KeyError, ValueError):
-                pass
             for f in (slot.proc.stdin, slot.proc.stdout):
                 try:
                     f.close()
