@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from servers import free_port
 from ism3d import config as C
 from ism3d.app.jobs import (UI_MAX_PROMPT_CHARS, AppError, JobManager, JobRequest, list_runs,
                             new_run_dir, parse_overrides, request_config, run_dir_of)
@@ -207,12 +208,6 @@ def test_cancel_drops_a_queued_request_before_it_starts(tmp_path):
 # --------------------------------------------------------------------------------------------
 # The Gradio server, driven over HTTP on loopback
 # --------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +216,7 @@ def server(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("app") / "runs"
     manager = JobManager(root, devices=["cpu"])
-    demo, url = launch(manager, port=_free_port(), block=False, quiet=True)
+    demo, url = launch(manager, port=free_port(), block=False, quiet=True)
     yield SimpleNamespace(manager=manager, url=url, demo=demo, root=manager.root)
     demo.close()
 

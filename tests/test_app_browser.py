@@ -12,10 +12,10 @@ import io
 import json
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
+from servers import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(
@@ -30,21 +30,13 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 FAST = "train.batch=1 output.video_frames=8 output.gif=false output.mesh_resolution=32"
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 @pytest.fixture
 def app(tmp_path):
     from ism3d.app.jobs import JobManager
     from ism3d.app.server import launch
 
     manager = JobManager(tmp_path / "runs", devices=["cpu"])
-    demo, url = launch(manager, port=_free_port(), block=False, quiet=True)
+    demo, url = launch(manager, port=free_port(), block=False, quiet=True)
     yield manager, url
     demo.close()
 

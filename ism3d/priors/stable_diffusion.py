@@ -298,12 +298,9 @@ class StableDiffusionPrior(GraphedUNet):
             if next(m.parameters()).dtype != dtype:
                 m.to(dtype)
             m.eval().requires_grad_(False)
-        # 3. sizes
-        s = uc.sample_size
-        h = int(s if isinstance(s, int) else s[0])
+        # 3. sizes: latent_shape and image_size at the model's own resolution
         self.vae_scale = 2 ** (len(vc.block_out_channels) - 1)
-        self.latent_shape = (int(uc.in_channels), h, h)
-        self.image_size = h * self.vae_scale
+        self.set_resolution(0)
         self.scaling_factor = float(vc.scaling_factor)
         self.shift_factor = float(getattr(vc, "shift_factor", None) or 0.0)
         # 4. schedule from the model's own scheduler config
@@ -327,7 +324,7 @@ class StableDiffusionPrior(GraphedUNet):
         else:
             s = self.unet.config.sample_size
             h = int(s if isinstance(s, int) else s[0])
-        self.latent_shape = (self.latent_shape[0], h, h)
+        self.latent_shape = (int(self.unet.config.in_channels), h, h)
         self.image_size = h * self.vae_scale
 
     # ------------------------------------------------------------------ loading
