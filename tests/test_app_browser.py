@@ -9,6 +9,7 @@ ISM3D_APP_SCREENSHOT=FILE.png also copies the screenshot there.
 from __future__ import annotations
 
 import io
+import math
 import json
 import os
 import shutil
@@ -123,3 +124,65 @@ def test_generate_in_a_real_browser(app, page, tmp_path):
     assert shot.stat().st_size > 10_000
     if os.environ.get("ISM3D_APP_SCREENSHOT"):
         shutil.copy(shot, os.environ["ISM3D_APP_SCREENSHOT"])
+
+
+def _bars_run(root: Path) -> None:
+    """A finished run whose gaussians are a red bar along our up axis (+z) with a green ball on
+    its top and a blue bar along +y: upright, the red bar is vertical and the blue one level."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from ism3d.ply import save_ply
+    from ism3d.scene import rgb_to_sh0
+
+    t = torch.linspace(-0.8, 0.8, 120)
+    zero = torch.zeros_like(t)
+    ball = torch.randn(150, 3, generator=torch.Generator().manual_seed(0)) * 0.07 + torch.tensor([0, 0, 0.9])
+    means = torch.cat([torch.stack([zero, zero, t], 1), torch.stack([zero, t, zero], 1), ball])
+    rgb = torch.cat([torch.tensor([[0.9, 0.1, 0.1]]).expand(120, 3), torch.tensor([[0.1, 0.1, 0.9]]).expand(120, 3),
+                     torch.tensor([[0.1, 0.8, 0.1]]).expand(150, 3)])
+    n = means.shape[0]
+    run = root / "bars"
+    save_ply(run / "gaussians.ply", {
+        "means": means, "scales": torch.full((n, 3), math.log(0.04)), "quats": torch.tensor([[1.0, 0, 0, 0]]).expand(n, 4),
+        "opacities": torch.full((n,), 4.0), "sh0": rgb_to_sh0(rgb)[:, None], "shN": torch.zeros(n, 0, 3)}, 0)
+    Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(run / "views.png")
+    (run / "summary.json").write_text(json.dumps({"prompt": "bars", "status": "done", "iterations": 1,
+                                                  "iterations_planned": 1}))
+
+
+def _box(mask) -> tuple[float, float, float, float]:
+    """(centre row, centre column, height, width) of a boolean mask's pixels."""
+    import numpy as np
+    rows, cols = np.nonzero(mask)
+    assert rows.size > 20, "colour not found in the viewer"
+    return rows.mean(), cols.mean(), rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+
+
+def test_splat_viewer_shows_the_object_upright_on_white(app, page):
+    import numpy as np
+    from PIL import Image
+
+    manager, url = app
+    _bars_run(manager.root)
+    page.goto(url)
+    page.wait_for_selector("#gallery img", timeout=30_000)
+    page.locator("#gallery img").first.click()
+    page.wait_for_selector("#splat canvas", timeout=60_000)
+    page.wait_for_timeout(3000)                    # the orbit camera eases in over a few frames
+    png = page.locator("#splat canvas").screenshot()
+    if os.environ.get("ISM3D_SPLAT_SCREENSHOT"):
+        Path(os.environ["ISM3D_SPLAT_SCREENSHOT"]).write_bytes(png)
+    img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int32)
+    r, g, b = img[..., 0], img[..., 1], img[..., 2]
+    red, green, blue = (r > 150) & (g < 90) & (b < 90), (g > 130) & (r < 90) & (b < 90), (b > 150) & (r < 90) & (g < 90)
+    ry, rx, rh, rw = _box(red)
+    gy, gx, _, _ = _box(green)
+    by, bx, bh, bw = _box(blue)
+    assert rh > 2.5 * rw, (rh, rw)                  # our up axis is vertical on screen
+    assert gy < ry - 0.3 * rh, (gy, ry, rh)         # ... and points up: the ball is on top
+    assert bw > 2.5 * bh, (bw, bh)                  # a level axis stays level
+    corner = img[-16:-6, 6:16]                     # (the top corners hold the label and button)
+    assert corner.min() > 240, corner.min()        # on white, not black
+    assert (manager.root / "bars" / "viewer" / "gaussians.ply").is_file()

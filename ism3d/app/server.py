@@ -3,7 +3,8 @@
 Layout: the form (prompt, negative prompt, preset, prior, guidance and scale, seed, iterations,
 preview interval, KEY=VALUE overrides) with Generate / Cancel / Resume and a live status line
 (step/total, loss, gaussian count, s/step, ETA) above the newest training preview; the result (the
-gaussians and the mesh in Gradio's Model3D viewer, the turntable video, the 8-view grid, download
+gaussians — a copy turned upright for Gradio's splat viewer, `export/splat_view.py` — and the mesh
+in Gradio's Model3D viewers, on white; the turntable video, the 8-view grid, download
 buttons for PLY, GLB, MP4 and summary.json); and the gallery of runs in ROOT, newest first.
 
 Queue: Generate and Resume share one Gradio concurrency group whose limit is the number of device
@@ -29,6 +30,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import gradio as gr
 
 from .. import config as C
+from ..export.splat_view import viewer_ply
 from .jobs import (MAX_FIELD_CHARS, MAX_OVERRIDES_CHARS, TERMINAL, UI_MAX_PROMPT_CHARS,
                    AppError, JobEvent, JobManager, JobRequest, one_line, run_dir_of, run_files,
                    read_record, status_text)
@@ -38,6 +40,9 @@ log = logging.getLogger("ism3d.app")
 GALLERY_MAX = 60
 PREVIEWS_PER_RUN = 20
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# gsplat.js paints its canvas background black inline and clears to transparent: show white under
+# the splats instead (our objects are trained on white, like the mesh viewer's clear colour)
+CSS = "#splat canvas { background: #ffffff !important; }"
 
 
 def preset_fields(name: str) -> tuple:
@@ -169,7 +174,8 @@ def build_app(manager: JobManager) -> gr.Blocks:
             6.31 a .glb yielded by a generator never gets its Babylon canvas (a frontend race),
             so the job events chain `show_viewers` after the generator."""
             f = run_files(run_dir) if run_dir is not None else None
-            return {splat: _str(f and f.ply), mesh: _str(f and f.glb)}
+            turned = viewer_ply(run_dir) if f and f.ply else None   # z-up -> the viewer's up
+            return {splat: _str(turned), mesh: _str(f and f.glb)}
 
         def gallery_updates() -> dict:
             runs = manager.gallery()[:GALLERY_MAX]
@@ -278,7 +284,7 @@ def launch(manager: JobManager, *, host: str = "127.0.0.1", port: int | None = 7
     demo = build_app(manager)
     demo.queue(default_concurrency_limit=1)
     demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=True,
-                allowed_paths=[str(manager.root)], ssr_mode=False, quiet=quiet,
+                allowed_paths=[str(manager.root)], ssr_mode=False, quiet=quiet, css=CSS,
                 show_error=False, inbrowser=False, enable_monitoring=False, mcp_server=False)
     url = demo.local_url or f"http://{host}:{port}/"
     if block:
