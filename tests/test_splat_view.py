@@ -8,8 +8,8 @@ from dataclasses import replace
 import torch
 
 from ism3d.cameras import eval_ring
-from ism3d.export.splat_view import (VIEWER_FROM_WORLD, VIEWER_FROM_WORLD_QUAT, VIEWER_PLY,
-                                     quat_multiply, turn_for_viewer, viewer_ply)
+from ism3d.export.splat_view import (VIEW_SCALE, VIEWER_FROM_WORLD, VIEWER_FROM_WORLD_QUAT,
+                                     VIEWER_PLY, quat_multiply, turn_for_viewer, viewer_ply)
 from ism3d.ply import load_ply, save_ply
 from ism3d.render import render
 from ism3d.render.torch_backend import quat_scale_to_covar
@@ -44,12 +44,14 @@ def test_the_turn_puts_our_up_on_the_viewers_up_and_our_front_towards_its_camera
 def test_turned_gaussians_have_turned_means_and_covariances():
     p = random_params()
     t = turn_for_viewer(p)
-    torch.testing.assert_close(t["means"].double(), p["means"].double() @ M64.T)
+    k = VIEW_SCALE
+    torch.testing.assert_close(t["means"].double(), k * p["means"].double() @ M64.T)
     cov = quat_scale_to_covar(p["quats"].double(), p["scales"].double().exp())      # [N, 3, 3]
     cov_t = quat_scale_to_covar(t["quats"].double(), t["scales"].double().exp())
-    torch.testing.assert_close(cov_t, M64 @ cov @ M64.T, rtol=1e-5, atol=1e-9)
-    for k in ("scales", "opacities", "sh0"):
-        assert torch.equal(t[k], p[k]), k
+    torch.testing.assert_close(cov_t, k * k * M64 @ cov @ M64.T, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(t["scales"], p["scales"] + math.log(k))
+    for key in ("opacities", "sh0"):
+        assert torch.equal(t[key], p[key]), key
     assert t["shN"].shape == (200, 0, 3)
 
 
@@ -70,11 +72,11 @@ def test_quat_multiply_composes_rotations():
 
 
 def test_turned_copy_renders_the_same_images_from_the_turned_cameras():
-    """Render the original from a ring, and the copy from the same cameras moved by M: same pixels."""
+    """Render the original from a ring, and the copy from the same cameras moved along: same pixels."""
     p = random_params(sh_degree=0)
     cams = eval_ring(4, 32, 32, 3.0, 0.6, polar=70.0)
     turn = torch.eye(4, dtype=cams.viewmats.dtype)
-    turn[:3, :3] = VIEWER_FROM_WORLD.T.to(turn)           # x_cam = V x_w = (V M^T)(M x_w)
+    turn[:3, :3] = VIEWER_FROM_WORLD.T.to(turn) / VIEW_SCALE   # x_cam = V x_w = (V M^T / k)(k M x_w)
     turned_cams = replace(cams, viewmats=cams.viewmats @ turn)
     white = torch.ones(3)
     a = render(activate(p, 0), cams, white, backend="torch")

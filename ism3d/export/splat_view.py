@@ -7,16 +7,20 @@ lie on their backs and are seen from below. The viewer copy is the same gaussian
 
     VIEWER_FROM_WORLD (rows = viewer axes):   x_v = y,   y_v = -z,   z_v = -x
 
-so that up (+z) becomes the viewer's up (-y) and the front (+x) faces its starting camera (-z):
-    1. means' = M @ means
-    2. quats' = q_M * quats (Hamilton product; R' = M R, so every covariance becomes M Sigma M^T)
-    3. scales, opacities and the base colour (SH band 0) unchanged; higher SH bands dropped (they
-       would need turning too, and the copy is only a preview)
+so that up (+z) becomes the viewer's up (-y) and the front (+x) faces its starting camera (-z),
+and shrunk by VIEW_SCALE so that a ~1-unit object fits that camera's narrow view with a margin:
+    1. means' = k M @ means                                  (k = VIEW_SCALE)
+    2. quats' = q_M * quats (Hamilton product; R' = M R), log-scales' = log-scales + log k,
+       so every covariance becomes k^2 M Sigma M^T
+    3. opacities and the base colour (SH band 0) unchanged; higher SH bands dropped (they would
+       need turning too, and the copy is only a preview)
 The download buttons still serve the run's own gaussians.ply; the copy lives in RUN/viewer/.
 """
 from __future__ import annotations
 
 from pathlib import Path
+
+import math
 
 import torch
 from torch import Tensor
@@ -28,6 +32,7 @@ VIEWER_FROM_WORLD = torch.tensor([[0.0, 1.0, 0.0],
                                   [-1.0, 0.0, 0.0]])
 # the same rotation as a unit quaternion (w, x, y, z): trace 0 -> w = 1/2, the rest from M - M^T
 VIEWER_FROM_WORLD_QUAT = torch.tensor([0.5, 0.5, 0.5, -0.5])
+VIEW_SCALE = 0.6
 VIEWER_PLY = Path("viewer") / "gaussians.ply"
 
 
@@ -47,10 +52,10 @@ def turn_for_viewer(params) -> dict[str, Tensor]:
     quats = params["quats"].detach()                                        # [N, 4]
     q = VIEWER_FROM_WORLD_QUAT.to(quats).expand_as(quats)
     return {
-        "means": means @ VIEWER_FROM_WORLD.to(means).T,                     # 1.
+        "means": VIEW_SCALE * means @ VIEWER_FROM_WORLD.to(means).T,        # 1.
         "quats": quat_multiply(q, quats),                                   # 2.
-        "scales": params["scales"].detach(),                                # 3.
-        "opacities": params["opacities"].detach(),
+        "scales": params["scales"].detach() + math.log(VIEW_SCALE),
+        "opacities": params["opacities"].detach(),                          # 3.
         "sh0": params["sh0"].detach(),
         "shN": means.new_zeros(means.shape[0], 0, 3),
     }
