@@ -337,6 +337,22 @@ def test_prior_encoder_uses_matmul_attention_and_encodes_as_sdpa_does(sd):
     torch.testing.assert_close(z, ref, rtol=1e-4, atol=1e-5)
 
 
+def test_encode_feeds_the_vae_contiguous_memory_whatever_the_render_layout(sd):
+    """Renders come as [B, H, W, 3] memory viewed as [B, 3, H, W]; the VAE must get NCHW memory
+    (channels_last strides would make every convolution and GroupNorm switch layouts)."""
+    hwc = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(6))
+    img = hwc.permute(0, 3, 1, 2)                                   # what the renderer returns
+    assert img.is_contiguous(memory_format=torch.channels_last) and not img.is_contiguous()
+    seen = []
+    h = sd.vae.encoder.conv_in.register_forward_pre_hook(lambda m, a: seen.append(a[0].is_contiguous()))
+    try:
+        z = sd.encode(img)
+    finally:
+        h.remove()
+    assert seen == [True]
+    torch.testing.assert_close(z, sd.encode(img.contiguous()), rtol=0, atol=0)
+
+
 def test_encode_ignores_the_callers_autocast(sd):
     img = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(4))
     z = sd.encode(img)
