@@ -18,9 +18,8 @@ The download buttons still serve the run's own gaussians.ply; the copy lives in 
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import math
+from pathlib import Path
 
 import torch
 from torch import Tensor
