@@ -5,22 +5,16 @@ repository root on a CUDA machine:
 
     python benchmarks/calls_compile.py
 """
-# Kept exactly as run for the figures (a scratch script: terse on purpose).
+# Kept as run (the timer now shared in cuda_timing.py) for the figures (a scratch script: terse on purpose).
 # ruff: noqa: E401, E402, E701, E702, F821
-import statistics, sys, time, torch
+import sys, time, torch
 sys.path.insert(0, "tests")
 from tiny_sd import sd21_base_configs
 from diffusers import UNet2DConditionModel, AutoencoderKL
 from ism3d.priors.cuda_graph import GraphedCall
 dev = torch.device("cuda")
 cfgs = sd21_base_configs()
-def timeit(fn, n=15, warm=3):
-    for _ in range(warm): fn()
-    torch.cuda.synchronize(); ts = []
-    for _ in range(n):
-        a = torch.cuda.Event(enable_timing=True); b = torch.cuda.Event(enable_timing=True)
-        a.record(); fn(); b.record(); b.synchronize(); ts.append(a.elapsed_time(b))
-    return statistics.median(ts)
+from cuda_timing import median_ms as timeit
 with torch.device("cuda"):
     vae = AutoencoderKL.from_config(cfgs["vae"]).to(torch.float16).eval().requires_grad_(False)
 def enc(x):

@@ -5,9 +5,9 @@ channels_last. Run from the repository root on a CUDA machine:
 
     python benchmarks/calls_eager_graph.py
 """
-# Kept exactly as run for the figures (a scratch script: terse on purpose).
+# Kept as run (the timer now shared in cuda_timing.py) for the figures (a scratch script: terse on purpose).
 # ruff: noqa: E401, E402, E701, E702, F821
-import statistics, sys, time, torch
+import sys, time, torch
 sys.path.insert(0, "tests")
 from tiny_sd import sd21_base_configs
 from diffusers import UNet2DConditionModel, AutoencoderKL
@@ -16,14 +16,9 @@ torch.backends.cudnn.allow_tf32 = True
 dev = torch.device("cuda")
 cfgs = sd21_base_configs()
 
-def timeit(fn, n=20, warm=3):
-    for _ in range(warm): fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(n):
-        a = torch.cuda.Event(enable_timing=True); b = torch.cuda.Event(enable_timing=True)
-        a.record(); fn(); b.record(); b.synchronize(); ts.append(a.elapsed_time(b))
-    return statistics.median(ts)
+from functools import partial
+from cuda_timing import median_ms
+timeit = partial(median_ms, n=20)
 
 def graph(fn, static_in):
     s = torch.cuda.Stream(); s.wait_stream(torch.cuda.current_stream())

@@ -4,21 +4,15 @@ weights and input. Run from the repository root on CUDA (argument: the batch):
 
     python benchmarks/calls_unet_channels_last.py 16
 """
-# Kept exactly as run (a scratch script: terse on purpose).
+# Kept as run (the timer now shared in cuda_timing.py) (a scratch script: terse on purpose).
 # ruff: noqa: E401, E402, E701, E702, E731
-import statistics, sys, time, torch
+import sys, time, torch
 sys.path[:0] = ["tests", "."]
 from tiny_sd import sd21_base_configs
 from diffusers import UNet2DConditionModel
 from ism3d.priors.cuda_graph import GraphedCall
 dev = torch.device("cuda")
-def timeit(fn, n=15, warm=3):
-    for _ in range(warm): fn()
-    torch.cuda.synchronize(); ts = []
-    for _ in range(n):
-        a = torch.cuda.Event(enable_timing=True); b = torch.cuda.Event(enable_timing=True)
-        a.record(); fn(); b.record(); b.synchronize(); ts.append(a.elapsed_time(b))
-    return statistics.median(ts)
+from cuda_timing import median_ms as timeit
 with torch.device("cuda"):
     unet = UNet2DConditionModel.from_config(sd21_base_configs()["unet"]).to(torch.float16).eval().requires_grad_(False)
 B = int(sys.argv[1]) if len(sys.argv) > 1 else 16

@@ -4,21 +4,15 @@ compiled channels_last; fp16 gradient agreement of the two. Run from the reposit
 
     python benchmarks/calls_vae_attention.py
 """
-# Kept exactly as run (a scratch script: terse on purpose).
+# Kept as run (the timer now shared in cuda_timing.py) (a scratch script: terse on purpose).
 # ruff: noqa: E401, E402, E701, E702, F821
-import statistics, sys, time, torch
+import sys, time, torch
 sys.path[:0] = ["tests", "."]
 from tiny_sd import sd21_base_configs
 from diffusers import AutoencoderKL
 from ism3d.priors.vae_attention import use_matmul_attention
 dev = torch.device("cuda")
-def timeit(fn, n=15, warm=3):
-    for _ in range(warm): fn()
-    torch.cuda.synchronize(); ts = []
-    for _ in range(n):
-        a = torch.cuda.Event(enable_timing=True); b = torch.cuda.Event(enable_timing=True)
-        a.record(); fn(); b.record(); b.synchronize(); ts.append(a.elapsed_time(b))
-    return statistics.median(ts)
+from cuda_timing import median_ms as timeit
 with torch.device("cuda"):
     vae = AutoencoderKL.from_config(sd21_base_configs()["vae"]).to(torch.float16).eval().requires_grad_(False)
 def enc(x): return vae.quant_conv(vae.encoder(x))

@@ -5,21 +5,15 @@ SDPA backend. Output as run: docs/benchmarks/profile_vae_unet_h100.txt.
 
     python benchmarks/profile_vae_unet.py
 """
-# Kept exactly as run (a scratch script: terse on purpose).
+# Kept as run (the timer now shared in cuda_timing.py) (a scratch script: terse on purpose).
 # ruff: noqa: E401, E402, E701, E702, F821
-import statistics, sys, torch, torch.nn as nn, torch.nn.functional as F
+import sys, torch, torch.nn as nn, torch.nn.functional as F
 sys.path.insert(0, "tests")
 from tiny_sd import sd21_base_configs
 from diffusers import AutoencoderKL, UNet2DConditionModel
 dev = torch.device("cuda")
 print(torch.__version__, torch.cuda.get_device_name(), torch.backends.cudnn.version(), flush=True)
-def timeit(fn, n=15, warm=3):
-    for _ in range(warm): fn()
-    torch.cuda.synchronize(); ts = []
-    for _ in range(n):
-        a = torch.cuda.Event(enable_timing=True); b = torch.cuda.Event(enable_timing=True)
-        a.record(); fn(); b.record(); b.synchronize(); ts.append(a.elapsed_time(b))
-    return statistics.median(ts)
+from cuda_timing import median_ms as timeit
 # 1. matmul peak
 A = torch.randn(8192, 8192, device=dev, dtype=torch.float16); B = torch.randn(8192, 8192, device=dev, dtype=torch.float16)
 t = timeit(lambda: A @ B); print(f"matmul 8192^3 fp16 {t:.2f} ms = {2*8192**3/t/1e9:.0f} TFLOP/s", flush=True)
