@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ism3d import config as C  # noqa: E402
 from ism3d.cameras import sample_orbit  # noqa: E402
 from ism3d.eval import bench  # noqa: E402
+from ism3d.export.splat_view import quat_multiply  # noqa: E402
 from ism3d.render import render  # noqa: E402
 from ism3d.schedules import lr_for_step, make_optimizers, set_lrs  # noqa: E402
 from ism3d.scene import activate, init_params, rgb_to_sh0, sh0_to_rgb  # noqa: E402
@@ -45,14 +46,6 @@ def yaw_quat(deg: float) -> torch.Tensor:
     return torch.tensor([math.cos(h), 0.0, 0.0, math.sin(h)])  # (w, x, y, z) about +z
 
 
-def quat_mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Hamilton product, [.., 4] (w, x, y, z)."""
-    aw, ax, ay, az = a.unbind(-1)
-    bw, bx, by, bz = b.unbind(-1)
-    return torch.stack([aw * bw - ax * bx - ay * by - az * bz, aw * bx + ax * bw + ay * bz - az * by,
-                        aw * by - ax * bz + ay * bw + az * bx, aw * bz + ax * by - ay * bx + az * bw], -1)
-
-
 def near_misses(g: Gaussians) -> dict[str, Gaussians]:
     out = {}
     for s in (0.97, 0.93):
@@ -63,7 +56,7 @@ def near_misses(g: Gaussians) -> dict[str, Gaussians]:
         q = yaw_quat(deg).to(g.means.device)
         c, s = math.cos(math.radians(deg)), math.sin(math.radians(deg))
         rot = torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]], device=g.means.device)
-        out[f"turned {deg:g} deg"] = replace(g, means=g.means @ rot.T, quats=quat_mul(q.expand_as(g.quats), g.quats))
+        out[f"turned {deg:g} deg"] = replace(g, means=g.means @ rot.T, quats=quat_multiply(q.expand_as(g.quats), g.quats))
     out["colours x0.9"] = replace(g, sh=rgb_to_sh0(sh0_to_rgb(g.sh[:, 0]) * 0.9)[:, None])
     return out
 
