@@ -14,6 +14,7 @@ import torch
 from ism3d.cameras import orbit_cameras
 from ism3d.guidance.prompts import VIEW_SUFFIXES, view_weights
 from ism3d.priors import PixelPrior
+from ism3d.priors.base import PriorError
 from ism3d.priors.pixel import PixelPriorConfig
 from ism3d.render import render
 from ism3d.render.sh import SH_C0
@@ -346,6 +347,60 @@ def test_two_step_training_writes_a_loadable_fp16_prior(tmp_path):
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     with pytest.raises(tp.TrainPriorError, match="--res"):
         tp.main(["--out", str(tmp_path / "bad"), "--init-from", str(out), "--res", "32", "--device", "cpu"])
+
+
+def test_patchify_starts_as_the_small_prior_on_pooled_images():
+    # Independent computation: run the patch-1 prior on the 2x2-mean image and upsample its output
+    # by repetition; the patch-2 prior made from it must give exactly that (float64).
+    small = PixelPrior(tp.prior_config(16, "tiny"), dtype=torch.float64, seed=3)
+    with torch.no_grad():
+        for p in small.unet.parameters():   # non-trivial conv_in/out biases and weights
+            p.add_(0.05 * torch.randn_like(p))
+    big = tp.patchify(small, 2)
+    assert (big.image_size, big.patch, big.latent_shape) == (32, 2, (3, 32, 32))
+    assert big.config.unet["in_channels"] == big.config.unet["out_channels"] == 12
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    t = torch.tensor([5, 400, 990])
+    emb = small.text_encoder(small.tokens(["a red cube", "", "a blue mug, back view"]))
+    with torch.no_grad():
+        want = small.unet_forward(torch.nn.functional.avg_pool2d(x, 2), t, emb)      # [3, 3, 16, 16]
+        want = want.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)          # [3, 3, 32, 32]
+        got = big.unet_forward(x, t, emb)
+    assert got.shape == (3, 3, 32, 32)
+    assert torch.allclose(got, want, rtol=1e-10, atol=1e-10), (got - want).abs().max()
+    # and the unshuffle is the real thing: a patch-2 UNet sees sub-pixels, not the mean image
+    with torch.no_grad():
+        big.unet.conv_in.weight[:, 1::4] += 0.3   # sub-pixel (0, 1) of each colour
+        assert not torch.allclose(big.unet_forward(x, t, emb), want, atol=1e-3)
+    with pytest.raises(tp.TrainPriorError, match="patch-1"):
+        tp.patchify(big, 2)
+
+
+def test_patched_prior_saves_loads_and_trains(tmp_path):
+    cfg = tp.prior_config(32, "tiny", patch=2)
+    assert (cfg.image_size, cfg.patch, cfg.unet["sample_size"], cfg.unet["in_channels"]) == (32, 2, 16, 12)
+    prior = PixelPrior(cfg, seed=1)
+    prior.save_pretrained(tmp_path / "p")
+    back = PixelPrior.from_pretrained(tmp_path / "p")
+    assert back.patch == 2 and back.latent_shape == (3, 32, 32)
+    x, t, emb = torch.randn(2, 3, 32, 32), torch.tensor([3, 700]), back.embed(["a red cube", ""])
+    assert torch.equal(back.eps(x, t, emb), prior.eps(x, t, emb))
+    # a config that disagrees with its patch fails with the reason
+    bad = PixelPriorConfig(**{**cfg.__dict__, "patch": 1})
+    with pytest.raises(PriorError, match="3 \\* patch"):
+        PixelPrior(bad)
+    # --init-from a 16x16 patch-1 prior with --patch 2 trains a 32x32 patch-2 prior (the warm start)
+    small = tmp_path / "small"
+    PixelPrior(tp.prior_config(16, "tiny")).save_pretrained(small)
+    m = tp.main(["--out", str(tmp_path / "big"), "--init-from", str(small), "--patch", "2",
+                 "--batch", "2", "--steps", "2", "--warmup", "1", "--no-eval", "--points", "300",
+                 "--device", "cpu"])
+    assert m["training"]["steps"] == 2
+    trained = PixelPrior.from_pretrained(tmp_path / "big")
+    assert (trained.image_size, trained.patch) == (32, 2)
+    with pytest.raises(tp.TrainPriorError, match="--res 16"):
+        tp.main(["--out", str(tmp_path / "bad"), "--init-from", str(small), "--patch", "2",
+                 "--res", "16", "--device", "cpu"])
 
 
 def test_shipped_architecture_fits_the_weight_limit():

@@ -111,16 +111,17 @@ class GraphedUNet:
             first time; inductor caches it on disk for later runs).
         """
         if self._graphed is None and graphs_usable(self.device):
-            fn = self._unet_forward
+            fn = self.unet_forward
             if compile:
                 fn = torch.compile(fn, dynamic=False)
             self._graphed = GraphedCall(fn)
         return self._graphed is not None
 
-    def _unet_forward(self, x: Tensor, t: Tensor, emb: Tensor) -> Tensor:
+    def unet_forward(self, x: Tensor, t: Tensor, emb: Tensor) -> Tensor:
+        """One differentiable UNet call on raw inputs (what the graphs replay; training uses it)."""
         return self.unet(x, t, encoder_hidden_states=emb).sample  # type: ignore[attr-defined]
 
     def denoise(self, x: Tensor, t: Tensor, emb: Tensor) -> Tensor:
         """Raw UNet output for x [B, C, h, w], t [B] long, emb [B, L, D], in the prior's dtype."""
         args = (x.to(self.device, self.dtype), t.to(self.device), emb.to(self.device, self.dtype))
-        return (self._graphed or self._unet_forward)(*args)
+        return (self._graphed or self.unet_forward)(*args)

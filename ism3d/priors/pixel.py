@@ -11,6 +11,9 @@ own: a word-level tokenizer over a fixed vocabulary and a 2-layer transformer.
 - Schedule: 1000-step **scaled-linear** betas 0.00085..0.012, the same abar_t as Stable Diffusion,
   so the guidance's timestep ranges (t_min, t_max, delta_t in units of 1000) mean the same noise
   levels for both priors. Stored in the config, so a trained prior may use another.
+- Patches: with `patch` p > 1 the UNet runs on the pixel-unshuffled image [3 p^2, S/p, S/p] and its
+  output is shuffled back, so an S x S prior costs about what an S/p x S/p one does (a 64x64
+  ToyWorld prior at the cost of a 32x32 one; "simple diffusion", Hoogeboom et al. 2023).
 - `PixelPrior.tiny()` is a seeded random-weight 32x32 prior (~1M parameters, permissive
   vocabulary) for tests and smoke runs: it exercises every code path but knows nothing.
 - Saved as a folder (`config.json` + `model.safetensors`) or a single `.safetensors` file whose
@@ -85,6 +88,8 @@ class PixelPriorConfig:
     schedule: dict[str, Any] = field(default_factory=lambda: dict(SD_SCHEDULE))
     # Name shown in logs and messages
     name: str = "pixel"
+    # Pixel-unshuffle factor p: the UNet sees [3 p^2, S/p, S/p] (its in/out_channels are 3 p^2)
+    patch: int = 1
 
     def to_json(self) -> str:
         return json.dumps({"format": FORMAT, "version": FORMAT_VERSION, **asdict(self)}, indent=2)
@@ -163,13 +168,19 @@ class PixelPrior(GraphedUNet):
         if c.unet.get("cross_attention_dim") != c.text_dim:
             raise PriorError(f"pixel-prior config: unet.cross_attention_dim "
                              f"({c.unet.get('cross_attention_dim')}) must equal text_dim ({c.text_dim})")
-        if c.unet.get("in_channels", 4) != 3 or c.unet.get("out_channels", 4) != 3:
-            raise PriorError("pixel-prior config: unet in_channels and out_channels must be 3")
+        p = int(c.patch)
+        if p < 1 or c.image_size % p != 0:
+            raise PriorError(f"pixel-prior config: patch {c.patch} must be >= 1 and divide image_size "
+                             f"{c.image_size}")
+        if c.unet.get("in_channels", 4) != 3 * p * p or c.unet.get("out_channels", 4) != 3 * p * p:
+            raise PriorError(f"pixel-prior config: unet in_channels and out_channels must be 3 * patch^2 "
+                             f"= {3 * p * p}")
         self.config = c
         self.name = c.name
         self.device = torch.device(device)
         self.dtype = dtype
         self.image_size = int(c.image_size)
+        self.patch = p
         self.latent_shape = (3, self.image_size, self.image_size)
         self.prediction_type = c.schedule.get("prediction_type", "epsilon")
         if self.prediction_type != "epsilon":
@@ -317,6 +328,14 @@ class PixelPrior(GraphedUNet):
         """z [B, 3, S, S] -> images [B, 3, S, S] in [0, 1]."""
         assert z.ndim == 4 and z.shape[1] == 3, f"z must be [B, 3, h, w], got {tuple(z.shape)}"
         return ((z.to(self.device).float() + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    def unet_forward(self, x: Tensor, t: Tensor, emb: Tensor) -> Tensor:
+        """x [B, 3, S, S], t [B], emb [B, L, D] -> UNet output [B, 3, S, S] (differentiable)."""
+        if self.patch == 1:
+            return super().unet_forward(x, t, emb)
+        h = F.pixel_unshuffle(x, self.patch)                            # [B, 3 p^2, S/p, S/p]
+        h = self.unet(h, t, encoder_hidden_states=emb).sample           # [B, 3 p^2, S/p, S/p]
+        return F.pixel_shuffle(h, self.patch)                           # [B, 3, S, S]
 
     @torch.no_grad()
     def eps(self, x: Tensor, t: Tensor, emb: Tensor) -> Tensor:

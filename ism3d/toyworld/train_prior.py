@@ -1,7 +1,7 @@
 """Train ism3d's embedded ToyWorld prior: a small pixel-space text-to-image diffusion model.
 
     python -m ism3d.toyworld.train_prior --out DIR [--steps N] [--res 32] [--batch 256]
-        [--minutes M] [--seed 0] [--device cuda] [--init-from DIR]
+        [--minutes M] [--seed 0] [--device cuda] [--init-from DIR] [--patch P]
 
 The run (numbered as in `main`):
     1. prior: a `PixelPrior` (UNet2DConditionModel + word tokenizer + small text transformer)
@@ -29,6 +29,10 @@ the default architecture there (measured, idle machine, float32) costs 57 / 86 /
 2 / 4 / 8 at 32x32 (8.2 GFLOP per batch-8 call) against 225 / 450 / 776 ms at 64x64 (32.8 GFLOP);
 an ISM iteration makes about two calls at batch B and one at 2B, so 300 iterations with B = 2
 spend ~60 s in the UNet at 32x32 but ~270 s at 64x64, over the 3-minute budget on their own.
+`--patch 2` keeps the UNet at 32x32 for a 64x64 prior (pixel-unshuffle, see `PixelPrior`), and
+`--init-from` a 32x32 prior with `--patch 2` starts it from that prior's weights (`patchify`). Such
+a prior was trained and measured (BENCHMARKS.md, ToyWorld): it did not distil better than the
+shipped 32x32 one, which stays the default.
 """
 from __future__ import annotations
 
@@ -81,19 +85,48 @@ class TrainPriorError(ValueError):
     """A bad command-line argument or an unusable --init-from / --out folder."""
 
 
-def prior_config(res: int, arch: str) -> PixelPriorConfig:
-    """The PixelPriorConfig of a new ToyWorld prior at `res` x `res` with architecture `arch`."""
+def prior_config(res: int, arch: str, patch: int = 1) -> PixelPriorConfig:
+    """The PixelPriorConfig of a new ToyWorld prior at `res` x `res` with architecture `arch`,
+    its UNet running on `patch` x `patch` pixel-unshuffled images ([3 patch^2, res/patch, res/patch])."""
     if arch not in ARCHS:
         raise TrainPriorError(f"unknown --arch {arch!r}: use one of {', '.join(ARCHS)}")
     a = ARCHS[arch]
     levels = len(a["unet"]["block_out_channels"])
-    if res % (2 ** (levels - 1)) != 0:
-        raise TrainPriorError(f"--res {res} must be a multiple of {2 ** (levels - 1)} for --arch {arch}")
-    unet = dict(sample_size=res, in_channels=3, out_channels=3,
+    if patch < 1 or res % (patch * 2 ** (levels - 1)) != 0:
+        raise TrainPriorError(f"--res {res} must be a multiple of --patch x {2 ** (levels - 1)} "
+                              f"= {patch * 2 ** (levels - 1)} for --arch {arch}")
+    unet = dict(sample_size=res // patch, in_channels=3 * patch ** 2, out_channels=3 * patch ** 2,
                 cross_attention_dim=a["text"]["text_dim"], **a["unet"])
     return PixelPriorConfig(image_size=res, vocab=vocabulary(), max_length=8, permissive=False,
                             unet=unet, schedule=dict(SD_SCHEDULE), name=f"toyworld-{res}",
-                            **a["text"])
+                            patch=patch, **a["text"])
+
+
+@torch.no_grad()
+def patchify(prior: PixelPrior, patch: int) -> PixelPrior:
+    """A patch-`patch` prior of `patch` x the size, whose UNet starts as `prior`'s (warm start).
+
+    Only the UNet's first and last convolutions change shape. Pixel-unshuffle puts sub-pixel k of
+    channel c in channel c p^2 + k, so
+        conv_in'  [O, 3 p^2]:  W'[:, c p^2 + k] = W[:, c] / p^2   (= conv_in of the p x p mean image)
+        conv_out' [3 p^2, I]:  W'[c p^2 + k]    = W[c]            (pixel-shuffled = nearest upsampling)
+    so at first  prior'.unet_forward(x) == upsample(prior.unet_forward(avgpool_p(x))).
+    """
+    if prior.patch != 1:
+        raise TrainPriorError(f"--patch with --init-from needs a patch-1 prior; {prior.name} has "
+                              f"patch {prior.patch}")
+    c, pp = prior.config, patch * patch
+    size = c.image_size * patch
+    unet = {**c.unet, "sample_size": c.image_size, "in_channels": 3 * pp, "out_channels": 3 * pp}
+    new = PixelPrior(replace(c, image_size=size, patch=patch, unet=unet, name=f"toyworld-{size}"),
+                     prior.device, prior.dtype)
+    sd = prior.unet.state_dict()
+    sd["conv_in.weight"] = sd["conv_in.weight"].repeat_interleave(pp, dim=1) / pp   # [O, 3 p^2, k, k]
+    for k in ("conv_out.weight", "conv_out.bias"):
+        sd[k] = sd[k].repeat_interleave(pp, dim=0)                                   # [3 p^2, ...]
+    new.unet.load_state_dict(sd, strict=True)
+    new.text_encoder.load_state_dict(prior.text_encoder.state_dict(), strict=True)
+    return new
 
 
 # ---------------------------------------------------------------------------------------------
@@ -424,6 +457,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--init-from", default=None, help="a saved prior folder to continue training")
     p.add_argument("--arch", default="small", choices=sorted(ARCHS))
+    p.add_argument("--patch", type=int, default=1,
+                   help="pixel-unshuffle factor P: the UNet runs at res/P (a 64x64 prior at a 32x32 "
+                        "one's cost with P=2); with --init-from a patch-1 prior of size S, start a "
+                        "size S*P prior from its weights")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--min-lr-ratio", type=float, default=0.05)
     p.add_argument("--warmup", type=int, default=200)
@@ -488,13 +525,15 @@ def main(argv: list[str] | None = None) -> dict:
     # 1. prior
     if args.init_from:
         prior = PixelPrior.from_pretrained(args.init_from, device)
-        if args.res is not None and args.res != prior.image_size:
-            raise TrainPriorError(f"--res {args.res} differs from --init-from's image size "
-                                  f"{prior.image_size}; drop --res")
         if prior.words != vocabulary():
             raise TrainPriorError(f"{args.init_from}: its vocabulary is not ToyWorld's")
+        if args.patch > 1:
+            prior = patchify(prior, args.patch)
+        if args.res is not None and args.res != prior.image_size:
+            raise TrainPriorError(f"--res {args.res} differs from the image size {prior.image_size} of "
+                                  f"--init-from{' x --patch' if args.patch > 1 else ''}; drop --res")
     else:
-        prior = PixelPrior(prior_config(args.res or 32, args.arch), device, seed=args.seed)
+        prior = PixelPrior(prior_config(args.res or 32, args.arch, args.patch), device, seed=args.seed)
     res = prior.image_size
     modules = [prior.unet, prior.text_encoder]
     params = [p for m in modules for p in m.parameters()]
@@ -561,7 +600,7 @@ def main(argv: list[str] | None = None) -> dict:
             xt = q_sample(x0, noise, abar[t])
             ids = prior.tokens(batch.captions)                                # [B, L]
             with amp:
-                pred = prior.unet(xt, t, encoder_hidden_states=prior.text_encoder(ids)).sample
+                pred = prior.unet_forward(xt, t, prior.text_encoder(ids))
             loss = F.mse_loss(pred.float(), noise)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -676,7 +715,10 @@ def write_model_card(path: Path, metrics: dict, grid_prompts: list[str], prior: 
         "",
         "## Model",
         f"- {c.image_size}x{c.image_size} RGB in [-1, 1]; UNet2DConditionModel "
-        f"{c.unet['block_out_channels']} ({', '.join(c.unet['down_block_types'])}), pooled text added to",
+        f"{c.unet['block_out_channels']} ({', '.join(c.unet['down_block_types'])})"
+        + (f" on {c.patch}x{c.patch} pixel-unshuffled images ({3 * c.patch ** 2} channels at "
+           f"{c.image_size // c.patch}x{c.image_size // c.patch})" if c.patch > 1 else "")
+        + ", pooled text added to",
         f"  the time embedding; text encoder: {c.text_layers} transformer layer(s), width {c.text_dim}.",
         f"- {tr['parameters'] / 1e6:.2f}M parameters, {tr['weights_bytes'] / 1e6:.2f} MB (float16 safetensors).",
         "- Schedule: 1000 steps, scaled-linear betas 0.00085..0.012 (Stable Diffusion's abar_t).",
