@@ -3,13 +3,15 @@ ground truth (silhouette IoU at alpha > 0.5, PSNR inside the union of masks, 16-
 
     python benchmarks/toy_sweep.py [--iters 400] [--device cuda] [--out /tmp/sweep] SETTING...
 
-A SETTING is a name=KEY=VALUE,KEY=VALUE list, e.g. `ism75=guidance.scale=7.5`. The prior is
+A SETTING is a name=KEY=VALUE,KEY=VALUE list, e.g. `ism75=guidance.scale=7.5` (a value may hold
+commas: `clr=optim.colors_lr=(0.02,0.01)`). The prior is
 loaded once; runs are in-process. The full benchmark is `ism3d eval`; this is the quick tuner.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -52,7 +54,8 @@ def main():
     rows = []
     for setting in args.settings:
         name, _, kv = setting.partition("=")
-        over = dict(item.split("=", 1) for item in kv.split(",") if item)
+        # split at the commas that start the next KEY=
+        over = dict(item.split("=", 1) for item in re.split(r",(?=\w+\.\w+=)", kv) if item)
         for prompt in args.prompts.split(","):
             cfg = C.apply_overrides(base, {"train.iters": args.iters, "train.device": args.device,
                                            "train.seed": args.seed, "output.video": False,
