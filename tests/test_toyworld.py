@@ -398,6 +398,17 @@ def test_patched_prior_saves_loads_and_trains(tmp_path):
     assert m["training"]["steps"] == 2
     trained = PixelPrior.from_pretrained(tmp_path / "big")
     assert (trained.image_size, trained.patch) == (32, 2)
+    # its config says version 2 (older readers ask for an upgrade); patch-1 configs stay version 1
+    assert json.loads((tmp_path / "big" / "config.json").read_text())["version"] == 2
+    assert json.loads((small / "config.json").read_text())["version"] == 1
+    assert "patch" not in json.loads((small / "config.json").read_text())
+    # --patch 2 again continues the patch-2 prior (no second patchify)
+    m = tp.main(["--out", str(tmp_path / "big2"), "--init-from", str(tmp_path / "big"), "--patch", "2",
+                 "--batch", "2", "--steps", "1", "--warmup", "1", "--no-eval", "--points", "300",
+                 "--device", "cpu"])
+    assert PixelPrior.from_pretrained(tmp_path / "big2").image_size == 32
+    with pytest.raises(tp.TrainPriorError, match="--patch must be"):
+        tp.main(["--out", str(tmp_path / "bad"), "--patch", "0", "--device", "cpu"])
     with pytest.raises(tp.TrainPriorError, match="--res 16"):
         tp.main(["--out", str(tmp_path / "bad"), "--init-from", str(small), "--patch", "2",
                  "--res", "16", "--device", "cpu"])

@@ -36,7 +36,9 @@ from .base import PriorError, PromptError, alphas_cumprod_from_config, check_eps
 from .cuda_graph import GraphedUNet
 
 FORMAT = "ism3d-pixel-prior"
-FORMAT_VERSION = 1
+# The newest config version this reads. 2 added `patch`; a patch-1 config is still written as
+# version 1, so earlier ism3d releases keep reading every prior they can run.
+FORMAT_VERSION = 2
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>")  # ids 0, 1, 2; vocabulary words follow
 PAD, UNK, BOS = 0, 1, 2
 _SPLIT = re.compile(r"[\s,.;:!?]+")
@@ -92,7 +94,10 @@ class PixelPriorConfig:
     patch: int = 1
 
     def to_json(self) -> str:
-        return json.dumps({"format": FORMAT, "version": FORMAT_VERSION, **asdict(self)}, indent=2)
+        data = asdict(self)
+        if self.patch == 1:
+            del data["patch"]
+        return json.dumps({"format": FORMAT, "version": 1 if self.patch == 1 else 2, **data}, indent=2)
 
     @classmethod
     def from_json(cls, text: str, where: str) -> "PixelPriorConfig":

@@ -460,7 +460,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--patch", type=int, default=1,
                    help="pixel-unshuffle factor P: the UNet runs at res/P (a 64x64 prior at a 32x32 "
                         "one's cost with P=2); with --init-from a patch-1 prior of size S, start a "
-                        "size S*P prior from its weights")
+                        "size S*P prior from its weights (a patch-P one just continues)")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--min-lr-ratio", type=float, default=0.05)
     p.add_argument("--warmup", type=int, default=200)
@@ -523,11 +523,13 @@ def main(argv: list[str] | None = None) -> dict:
     log = lambda *a: print(*a, flush=True)  # noqa: E731
 
     # 1. prior
+    if args.patch < 1:
+        raise TrainPriorError(f"--patch must be >= 1, got {args.patch}")
     if args.init_from:
         prior = PixelPrior.from_pretrained(args.init_from, device)
         if prior.words != vocabulary():
             raise TrainPriorError(f"{args.init_from}: its vocabulary is not ToyWorld's")
-        if args.patch > 1:
+        if args.patch > 1 and prior.patch != args.patch:
             prior = patchify(prior, args.patch)
         if args.res is not None and args.res != prior.image_size:
             raise TrainPriorError(f"--res {args.res} differs from the image size {prior.image_size} of "
