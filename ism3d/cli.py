@@ -9,6 +9,7 @@ import argparse
 import shutil
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 from . import __version__
@@ -431,7 +432,19 @@ def cmd_batch(args) -> int:
     return run(args)
 
 
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+_default_formatwarning = warnings.formatwarning
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """Our own warnings as one line `ism3d: warning: ...`; other libraries' keep Python's format."""
+    if str(Path(filename).resolve()).startswith(_PACKAGE_DIR):
+        return f"ism3d: warning: {message}\n"
+    return _default_formatwarning(message, category, filename, lineno, line)
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _format_warning
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "generate":  # options may come between the prompt and KEY=VALUE items

@@ -21,6 +21,7 @@ import os
 import platform
 import re
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,6 +112,11 @@ def run(plan: Plan, *, prior=None, progress: bool = True, callback=None) -> dict
     if prior is None:
         prior = load_prior(cfg.prior, plan.device)
     prior.check_prompt(plan.prompt)
+    w, h, size = cfg.render.width, cfg.render.height, prior.image_size
+    if min(w, h) < size:
+        warnings.warn(f"renders are {w}x{h} but the prior {prior.name} works at {size}x{size}: it sees "
+                      f"them upsampled (blurry targets); set render.width={size} render.height={size}",
+                      stacklevel=2)
     write_text_atomic(out / "config.yaml", C.dump_yaml(cfg))
     result = train(cfg, plan.prompt, prior, out, resume=plan.resume, progress=progress,
                    callback=callback)

@@ -175,3 +175,15 @@ def test_help_explains_every_flag():
         assert flag in r.stdout, flag
     r = ism3d("generate", "--help-config")
     assert r.returncode == 0 and "guidance.scale" in r.stdout and "train.iters" in r.stdout
+
+
+def test_renders_smaller_than_the_prior_warn_with_the_fix(tmp_path, tiny_run):
+    # the tiny prior works at 32x32; 16x16 renders reach it upsampled, which a user should hear of
+    r = ism3d("generate", "a red cube", "--preset", "tiny", "--out", str(tmp_path / "small"), "--quiet",
+              "train.iters=2", "render.width=16", "render.height=16", "output.video=false",
+              "output.gif=false", "output.mesh=false")
+    assert r.returncode == 0, r.stderr
+    assert "ism3d: warning: renders are 16x16 but the prior tiny works at 32x32" in r.stderr
+    assert "UserWarning" not in r.stderr                   # one line, not Python's two
+    assert "render.width=32 render.height=32" in r.stderr
+    assert "upsampled" not in tiny_run[1].stderr           # 32x32 renders: no warning
