@@ -444,7 +444,15 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    warnings.formatwarning = _format_warning
+    saved = warnings.formatwarning
+    warnings.formatwarning = _format_warning   # for this command only (callers in-process keep theirs)
+    try:
+        return _main(argv)
+    finally:
+        warnings.formatwarning = saved
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "generate":  # options may come between the prompt and KEY=VALUE items
@@ -464,7 +472,6 @@ def main(argv: list[str] | None = None) -> int:
     return {"generate": cmd_generate, "render": cmd_render,
             "export": cmd_export, "eval": cmd_eval, "serve": cmd_serve,
             "batch": cmd_batch}[args.command](args)
-
 
 if __name__ == "__main__":
     sys.exit(main())
