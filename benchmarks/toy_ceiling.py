@@ -47,7 +47,7 @@ from ism3d.ply import load_ply, save_ply  # noqa: E402
 from ism3d.priors import load_prior  # noqa: E402
 from ism3d.render import render  # noqa: E402
 from ism3d.schedules import lr_for_step, make_optimizers, set_lrs  # noqa: E402
-from ism3d.scene import activate, init_params, rgb_to_sh0, sh0_to_rgb  # noqa: E402
+from ism3d.scene import activate, deactivate, init_params, rgb_to_sh0, sh0_to_rgb  # noqa: E402
 from ism3d.toyworld.world import make_object, parse_prompt  # noqa: E402
 from ism3d.types import Gaussians  # noqa: E402
 
@@ -98,10 +98,7 @@ def fit(gt: Gaussians, cfg: C.Config, res: int, iters: int, device: torch.device
 def ism_from_truth(prompt: str, gt: Gaussians, cfg: C.Config, prior, folder: Path) -> Gaussians:
     """C: the toy preset's ISM run with the true object's gaussians as its initial scene."""
     folder.mkdir(parents=True, exist_ok=True)
-    raw = {"means": gt.means, "scales": gt.scales.clamp_min(1e-8).log(), "quats": gt.quats,
-           "opacities": torch.logit(gt.opacities.clamp(1e-6, 1 - 1e-6)), "sh0": gt.sh[:, :1],
-           "shN": gt.sh[:, 1:]}
-    save_ply(folder / "truth.ply", {k: v.detach().cpu() for k, v in raw.items()}, 0)
+    save_ply(folder / "truth.ply", {k: v.cpu() for k, v in deactivate(gt).items()}, 0)
     cfg = C.apply_overrides(cfg, {"init.kind": "file", "init.path": str(folder / "truth.ply"),
                                   "init.num_points": 0, **bench.EVAL_OVERRIDES})
     plan = prepare(prompt, cfg=cfg, preset="toy", out_dir=folder / "run", force=True)

@@ -118,6 +118,19 @@ def activate(params, sh_degree: int) -> Gaussians:
     )
 
 
+def deactivate(g: Gaussians) -> dict[str, Tensor]:
+    """Activated `Gaussians` -> raw parameters (the inverse of `activate`, e.g. for `save_ply`).
+
+    Returns:
+        dict: means [N, 3], scales [N, 3] = log, quats [N, 4] (as given), opacities [N] = logit
+        (computed in float64, so opacities of 1 - 1e-7 stay finite in float32), sh0 [N, 1, 3],
+        shN [N, K-1, 3]; float32 like the inputs, detached.
+    """
+    return {"means": g.means.detach(), "scales": g.scales.detach().log(), "quats": g.quats.detach(),
+            "opacities": torch.logit(g.opacities.detach().double()).to(g.opacities.dtype),
+            "sh0": g.sh[:, :1].detach(), "shN": g.sh[:, 1:].detach()}
+
+
 def knn_log_scale(points: np.ndarray, k: int = 3) -> np.ndarray:
     """Isotropic initial log scale: log(mean distance to the k nearest other points).
 

@@ -11,6 +11,7 @@ from ism3d import cli
 from ism3d.cameras import eval_ring
 from ism3d.export.views import depth_normals, render_views
 from ism3d.ply import save_ply
+from ism3d.scene import deactivate
 from ism3d.toyworld import world
 
 
@@ -125,9 +126,7 @@ def test_alpha_and_depth_display(sphere_views):
 def _mug_ply(tmp_path):
     g = world.make_object("mug", "blue", n_points=1500)
     path = tmp_path / "mug.ply"
-    save_ply(path, {"means": g.means, "scales": g.scales.log(), "quats": g.quats,
-                    "opacities": torch.logit(g.opacities.double()).float(),
-                    "sh0": g.sh[:, :1], "shN": torch.zeros(len(g), 0, 3)}, 0)
+    save_ply(path, deactivate(g), 0)
     return path
 
 

@@ -20,6 +20,7 @@ from ism3d.cameras import eval_ring
 from ism3d.export import mesh as M
 from ism3d.ply import save_ply
 from ism3d.render import render
+from ism3d.scene import deactivate
 from ism3d.toyworld import world
 from ism3d.types import Gaussians
 
@@ -49,13 +50,6 @@ def fibonacci_sphere(n: int) -> np.ndarray:
     r = np.sqrt(1 - z * z)
     phi = math.pi * (1 + 5 ** 0.5) * i
     return np.stack([r * np.cos(phi), r * np.sin(phi), z], 1)
-
-
-def to_params(g: Gaussians) -> dict:
-    """Raw (pre-activation) parameters of activated gaussians, for save_ply."""
-    return {"means": g.means, "scales": g.scales.log(), "quats": g.quats,
-            "opacities": torch.logit(g.opacities.double()).float(), "sh0": g.sh[:, :1],
-            "shN": torch.zeros(len(g), 0, 3)}
 
 
 def rasterize(verts: np.ndarray, faces: np.ndarray, viewmat: np.ndarray, K: np.ndarray,
@@ -380,7 +374,7 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
 
 def test_cli_export_writes_a_loadable_mesh_and_replaces_atomically(tmp_path, capsys, mug):
     ply = tmp_path / "mug.ply"
-    save_ply(ply, to_params(mug), 0)
+    save_ply(ply, deactivate(mug), 0)
     out = tmp_path / "out" / "mug.glb"
     out.parent.mkdir()
     out.write_bytes(b"old")
@@ -397,14 +391,14 @@ def _bad_plys(tmp_path, mug) -> dict[str, Path]:
     not_ply = tmp_path / "notes.ply"
     not_ply.write_text("these are not gaussians\n")
     empty = tmp_path / "empty.ply"
-    save_ply(empty, to_params(Gaussians(*(getattr(mug, k)[:0] for k in
+    save_ply(empty, deactivate(Gaussians(*(getattr(mug, k)[:0] for k in
                                           ("means", "quats", "scales", "opacities", "sh")), 0)), 0)
     clear = tmp_path / "clear.ply"
-    p = to_params(mug)
+    p = deactivate(mug)
     p["opacities"] = torch.full_like(p["opacities"], -12.0)     # sigmoid: 6e-6
     save_ply(clear, p, 0)
     ok = tmp_path / "ok.ply"
-    save_ply(ok, to_params(mug), 0)
+    save_ply(ok, deactivate(mug), 0)
     return {"not_ply": not_ply, "empty": empty, "clear": clear, "ok": ok}
 
 
@@ -431,7 +425,7 @@ def test_cli_export_bad_input_exits_2_with_one_line(tmp_path, capsys, mug, case,
 
 def test_cli_export_bad_extension(tmp_path, capsys, mug):
     ply = tmp_path / "ok.ply"
-    save_ply(ply, to_params(mug), 0)
+    save_ply(ply, deactivate(mug), 0)
     rc, _, err = run_cli(capsys, "export", str(ply), "--out", str(tmp_path / "m.stl"))
     assert rc == 2 and err.count("\n") == 1 and ".glb" in err
     with pytest.raises(M.MeshError, match="extension"):

@@ -9,8 +9,8 @@ from scipy import stats
 
 from ism3d.config import InitConfig
 from ism3d.ply import PlyError, save_ply
-from ism3d.scene import (KNN_EPS, SH_C0, SceneInitError, activate, init_params, knn_log_scale,
-                         rgb_to_sh0, sample_ball, sh0_to_rgb)
+from ism3d.scene import (KNN_EPS, SH_C0, SceneInitError, activate, deactivate, init_params,
+                         knn_log_scale, rgb_to_sh0, sample_ball, sh0_to_rgb)
 
 
 def gen(seed=0):
@@ -110,6 +110,25 @@ def test_knn_scale_degenerate_inputs():
     np.testing.assert_allclose(knn_log_scale(np.zeros((1, 3))), [math.log(KNN_EPS)])
     # two points: the only neighbour
     np.testing.assert_allclose(knn_log_scale(np.array([[0, 0, 0], [0, 0, 2.0]])), [math.log(2)] * 2)
+
+
+def test_deactivate_inverts_activate():
+    p = init_params(InitConfig(num_points=40, sh_degree=1), gen(1))
+    with torch.no_grad():
+        p["opacities"].uniform_(-8.0, 8.0)
+        p["shN"].normal_()
+        p["quats"].copy_(torch.nn.functional.normalize(p["quats"] + torch.randn(40, 4), dim=-1))
+    raw = deactivate(activate(p, 1))
+    assert set(raw) == set(p.keys()) and not any(v.requires_grad for v in raw.values())
+    for k in ("means", "sh0", "shN"):
+        assert torch.equal(raw[k], p[k].detach()), k
+    torch.testing.assert_close(raw["quats"], p["quats"].detach(), rtol=0, atol=1e-6)   # unit already
+    torch.testing.assert_close(raw["scales"], p["scales"].detach(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(raw["opacities"], p["opacities"].detach(), rtol=0, atol=1e-3)
+    # an opacity of 1 - 1e-7 (1 - 1.2e-7 in float32) still has a finite logit (float64 inside)
+    g = activate(p, 1)
+    g.opacities[0] = 1.0 - 1e-7
+    assert torch.isfinite(deactivate(g)["opacities"]).all()
 
 
 def test_activate_and_sh_helpers():
