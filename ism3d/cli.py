@@ -432,13 +432,13 @@ def cmd_batch(args) -> int:
     return run(args)
 
 
-_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+_PACKAGE_DIR = Path(__file__).resolve().parent
 _default_formatwarning = warnings.formatwarning
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:
     """Our own warnings as one line `ism3d: warning: ...`; other libraries' keep Python's format."""
-    if str(Path(filename).resolve()).startswith(_PACKAGE_DIR):
+    if Path(filename).resolve().is_relative_to(_PACKAGE_DIR):
         return f"ism3d: warning: {message}\n"
     return _default_formatwarning(message, category, filename, lineno, line)
 
@@ -472,6 +472,7 @@ def _main(argv: list[str] | None) -> int:
     return {"generate": cmd_generate, "render": cmd_render,
             "export": cmd_export, "eval": cmd_eval, "serve": cmd_serve,
             "batch": cmd_batch}[args.command](args)
+
 
 if __name__ == "__main__":
     sys.exit(main())
