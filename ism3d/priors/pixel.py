@@ -97,7 +97,8 @@ class PixelPriorConfig:
         data = asdict(self)
         if self.patch == 1:
             del data["patch"]
-        return json.dumps({"format": FORMAT, "version": 1 if self.patch == 1 else 2, **data}, indent=2)
+        return json.dumps({"format": FORMAT, "version": 1 if self.patch == 1 else FORMAT_VERSION, **data},
+                          indent=2)
 
     @classmethod
     def from_json(cls, text: str, where: str) -> "PixelPriorConfig":
