@@ -329,6 +329,10 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
             "guidance.warmup_iters": 80,
             "guidance.delta_s": 1000,
             "guidance.xs_inv_steps": 1,
+            # view prompts stay; Perp-Neg off: on ToyWorld it changes neither IoU, PSNR nor the
+            # Janus rate (36 paired runs, BENCHMARKS.md) and its batch-16 CFG call was half of a
+            # CPU step (batch 8 without it)
+            "guidance.perp_neg": False,
             "strategy.densify_from": 50,
             "strategy.densify_until": 200,
             "strategy.densify_every": 50,
