@@ -316,7 +316,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "toy": (
         "the shipped ToyWorld prior (32x32 pixels, offline; its words only), 270 iters, one "
-        "inversion call, no Perp-Neg: 2.5-3 min on a 2-core CPU",
+        "inversion call, no Perp-Neg: 2-3 min on a 2-core CPU",
         {
             "prior.name": "toy",
             "guidance.negative_prompt": "",
