@@ -504,6 +504,7 @@ def test_pixel_encode_decode_are_the_affine_map():
     torch.testing.assert_close(p.encode(big), F.interpolate(big, size=(32, 32), mode="bilinear",
                                                             align_corners=False, antialias=False) * 2 - 1)
 
+
 def test_cpu_pixel_unet_is_channels_last_and_computes_what_the_plain_layout_does():
     p = PixelPrior.tiny()
     conv = p.unet.conv_in.weight
@@ -513,7 +514,6 @@ def test_cpu_pixel_unet_is_channels_last_and_computes_what_the_plain_layout_does
     x, t = rand_inputs(p, 3)
     emb = p.embed(["a red car", "", "a box"])
     torch.testing.assert_close(p.eps(x, t, emb), plain.eps(x, t, emb), rtol=1e-5, atol=1e-5)
-
 
 
 @pytest.mark.parametrize("as_file", [False, True])
