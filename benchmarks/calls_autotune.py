@@ -12,22 +12,14 @@ printed. Run from the repository root on a CUDA machine:
 import sys, time, torch
 sys.path[:0] = ["tests", "benchmarks", "."]
 from tiny_sd import sd21_base_configs
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import UNet2DConditionModel
 from ism3d.priors.vae_attention import use_matmul_attention
 from cuda_timing import median_ms as timeit
+from vae_case import vae_case
 dev = torch.device("cuda"); cfgs = sd21_base_configs()
-with torch.device("cuda"):
-    vae = AutoencoderKL.from_config(cfgs["vae"]).to(torch.float16).eval().requires_grad_(False)
+case = vae_case()   # SD-2.1-base VAE, fp16, 4 x 512^2 on CUDA
+vae, x, enc, fb, grad = case.vae, case.x, case.enc, case.fwd_bwd, case.input_grad
 use_matmul_attention(vae.encoder)
-def enc(x): return vae.quant_conv(vae.encoder(x))
-x = torch.randn(4, 3, 512, 512, device=dev, dtype=torch.float16, requires_grad=True)
-w = torch.randn(4, 8, 64, 64, device=dev)
-def fb(f):
-    def g():
-        y = f(x); (y.float() * w).sum().backward(); x.grad = None
-    return g
-def grad(f):
-    x.grad = None; (f(x).float() * w).sum().backward(); g = x.grad.float().clone(); x.grad = None; return g
 g_ref = grad(enc)
 print(f"vae eager fwd+bwd {timeit(fb(enc)):.1f} ms", flush=True)
 MODES = ("default",) if "--default-only" in sys.argv else ("default", "max-autotune-no-cudagraphs")

@@ -8,22 +8,11 @@ compiled channels_last; fp16 gradient agreement of the two. Run from the reposit
 # ruff: noqa: E401, E402, E701, E702, F821
 import sys, time, torch
 sys.path[:0] = ["tests", "."]
-from tiny_sd import sd21_base_configs
-from diffusers import AutoencoderKL
 from ism3d.priors.vae_attention import use_matmul_attention
-dev = torch.device("cuda")
 from cuda_timing import median_ms as timeit
-with torch.device("cuda"):
-    vae = AutoencoderKL.from_config(sd21_base_configs()["vae"]).to(torch.float16).eval().requires_grad_(False)
-def enc(x): return vae.quant_conv(vae.encoder(x))
-x = torch.randn(4, 3, 512, 512, device=dev, dtype=torch.float16, requires_grad=True)
-w = torch.randn(4, 8, 64, 64, device=dev)
-def fb(f):
-    def g():
-        y = f(x); (y.float() * w).sum().backward(); x.grad = None
-    return g
-def grad(f):
-    x.grad = None; (f(x).float() * w).sum().backward(); g = x.grad.float().clone(); x.grad = None; return g
+from vae_case import vae_case
+case = vae_case()   # SD-2.1-base VAE, fp16, 4 x 512^2 on CUDA
+vae, x, enc, fb, grad = case.vae, case.x, case.enc, case.fwd_bwd, case.input_grad
 g_sdpa = grad(enc)
 torch.cuda.reset_peak_memory_stats(); t = timeit(fb(enc)); m0 = torch.cuda.max_memory_allocated() / 2**30
 print(f"sdpa   eager fwd+bwd {t:.1f} ms peak {m0:.2f} GiB", flush=True)
