@@ -351,8 +351,8 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
             "camera.fovy_floor": 0.55,
             "output.video_size": 256,
             # a 128^3 grid is still 6x finer than a 32x32 training pixel (0.062 units at the
-            # fixed framing); the mesh differs from the 256^3 one by 0.011 units on average, and
-            # takes 1.5 s instead of 9 s on the 2-core CPU (BENCHMARKS.md)
+            # fixed framing); the mesh differs from the 256^3 one by ~0.012 units on average, and
+            # takes ~1.5 s instead of 7-9 s on the 2-core CPU (BENCHMARKS.md)
             "output.mesh_resolution": 128,
         },
     ),
