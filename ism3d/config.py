@@ -246,9 +246,6 @@ class TrainConfig:
     disparity_prob: float = 0.2
     # Probability that the white background is replaced (by a random colour or black, half each)
     bg_aug_prob: float = 0.66
-    # After every optimizer step, move the scene so that the bounding box of its opaque gaussians
-    # is centred on the orbit's centre along these axes (off | z | xyz)
-    recenter: Literal["off", "z", "xyz"] = "off"
     # Checkpoint every this many steps (0 = only at the end)
     checkpoint_every: int = 500
     # Preview grid every this many steps (0 = never)

@@ -45,7 +45,7 @@ from .types import Gaussians
 __all__ = [
     "SH_C0", "SceneInitError", "Gaussians", "sh_num_coeffs", "rgb_to_sh0", "sh0_to_rgb",
     "activate", "make_params", "knn_log_scale", "sample_ball", "sample_shell", "sample_box",
-    "init_params", "sh_degree_of", "recenter_",
+    "init_params", "sh_degree_of",
 ]
 
 # Y_0^0 = 1 / (2 sqrt(pi)): colour = 0.5 + SH_C0 * sh0 for degree 0 (3DGS convention).
@@ -129,30 +129,6 @@ def deactivate(g: Gaussians) -> dict[str, Tensor]:
     return {"means": g.means.detach(), "scales": g.scales.detach().log(), "quats": g.quats.detach(),
             "opacities": torch.logit(g.opacities.detach().double()).to(g.opacities.dtype),
             "sh0": g.sh[:, :1].detach(), "shN": g.sh[:, 1:].detach()}
-
-
-@torch.no_grad()
-def recenter_(params, axes: str, quantile: float = 0.01, min_opacity: float = 0.5) -> Tensor:
-    """Move every gaussian so that the opaque ones' bounding box is centred on the origin.
-
-    1. opaque = sigmoid(opacity logit) > min_opacity (the others are NaN for step 2)
-    2. lo, hi = the `quantile` and 1 - `quantile` quantiles of the opaque means per axis
-       (robust to a few floaters); centre = (lo + hi) / 2
-    3. means -= centre, along `axes` only (the other components of the shift are 0)
-
-    Returns:
-        shift: [3] what was subtracted from every mean.
-    """
-    means, logits = params["means"], params["opacities"]                 # [N, 3], [N]
-    opaque = torch.sigmoid(logits) > min_opacity                          # [N]
-    pts = torch.where(opaque[:, None], means, torch.full_like(means, float("nan")))
-    q = torch.tensor([quantile, 1.0 - quantile], device=means.device, dtype=means.dtype)
-    lo_hi = torch.nanquantile(pts, q, dim=0)                              # [2, 3]
-    centre = lo_hi.mean(dim=0).nan_to_num(0.0)                            # [3]
-    mask = torch.tensor([a in axes for a in "xyz"], device=means.device, dtype=means.dtype)
-    shift = centre * mask                                                 # [3]
-    means.sub_(shift)
-    return shift
 
 
 def knn_log_scale(points: np.ndarray, k: int = 3) -> np.ndarray:

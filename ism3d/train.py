@@ -36,7 +36,7 @@ from .guidance.schedule import warm as warm_of_step
 from .inits import init_from_config
 from .profiling import phase
 from .render import render
-from .scene import activate, recenter_
+from .scene import activate
 from .schedules import lr_for_step, make_optimizers, set_lrs
 from .strategy import DensifyStrategy
 
@@ -305,8 +305,6 @@ def train(cfg: C.Config, prompt: str, prior, out_dir: str | Path, *, resume: boo
                         o.step()
                 with phase("densify"):
                     strategy.post_backward(params, optimizers, state, step, out.info)
-                if t_cfg.recenter != "off":
-                    recenter_(params, t_cfg.recenter)
 
             done = step + 1
             elapsed = elapsed_before + time.perf_counter() - t0
