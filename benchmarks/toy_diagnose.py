@@ -42,9 +42,6 @@ def channel_means(rgb: torch.Tensor, mask: torch.Tensor) -> list[float]:
     return [round(float(rgb[:, c][m[:, c]].mean()), 3) for c in range(3)]
 
 
-STATS: list[tuple] = []  # per run: IoU, PSNR, IoU and PSNR after the best translation, dx, dy, dz
-
-
 def best_translation(g, ref, rings: bench.Rings, step: float = 0.02, reach: float = 0.16):
     """Coordinate search (z, then x, then y) for the translation of `g` that maximises the IoU."""
     shift = [0.0, 0.0, 0.0]
@@ -63,7 +60,9 @@ def best_translation(g, ref, rings: bench.Rings, step: float = 0.02, reach: floa
 
 
 @torch.no_grad()
-def diagnose(run: Path, rings: bench.Rings) -> tuple[str, torch.Tensor]:
+def diagnose(run: Path, rings: bench.Rings) -> tuple[str, torch.Tensor, tuple]:
+    """Steps 1-4 for one run: prints them; returns the prompt, the --png grid and
+    (IoU, PSNR, IoU and PSNR after the best translation, dx, dy, dz)."""
     prompt = json.loads((run / "summary.json").read_text())["prompt"]
     colour, family = parse_prompt(prompt)
     ref = bench.make_reference(colour, family, rings)
@@ -84,10 +83,10 @@ def diagnose(run: Path, rings: bench.Rings) -> tuple[str, torch.Tensor]:
     shift, moved = best_translation(g, ref, rings)                           # 4.
     print(f"  best translation (x, y, z) {[round(v, 2) for v in shift]}: IoU {moved['iou']:.3f}  "
           f"PSNR {moved['psnr']:.2f} dB")
-    STATS.append((m["iou"], m["psnr"], moved["iou"], moved["psnr"], *shift))
+    stats = (m["iou"], m["psnr"], moved["iou"], moved["psnr"], *shift)
     idx = list(range(0, rgb.shape[0], max(1, rgb.shape[0] // 8)))[:8]
     rows = [torch.cat(list(x[idx]), dim=2) for x in (ref.rgb, rgb, alpha.expand_as(rgb))]
-    return prompt, torch.cat(rows, dim=1)                                     # [3, 3S, 8S]
+    return prompt, torch.cat(rows, dim=1), stats                              # [3, 3S, 8S]
 
 
 def centroid(mask: torch.Tensor) -> tuple[float, float]:
@@ -129,17 +128,17 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     rings = bench.Rings.from_config(C.preset_config("toy"), 16, 64, args.device)
-    grids, sampled = [], set()
+    grids, stats, sampled = [], [], set()
     for run in args.runs:
-        prompt, grid = diagnose(run, rings)
+        prompt, grid, st = diagnose(run, rings)
         grids.append(grid)
+        stats.append(st)
         if args.prior_samples and prompt not in sampled:
             prior_samples(prompt, args.prior_samples)
             sampled.add(prompt)
-    if STATS:
-        cols = list(zip(*STATS))
-        mean = [sum(c) / len(c) for c in cols]
-        print(f"mean over {len(STATS)} runs: IoU {mean[0]:.3f} PSNR {mean[1]:.2f} dB; after the best "
+    if stats:
+        mean = [sum(c) / len(c) for c in zip(*stats)]
+        print(f"mean over {len(stats)} runs: IoU {mean[0]:.3f} PSNR {mean[1]:.2f} dB; after the best "
               f"translation IoU {mean[2]:.3f} PSNR {mean[3]:.2f} dB; shift (x, y, z) "
               f"{[round(v, 3) for v in mean[4:]]}")
     if args.png:

@@ -22,7 +22,7 @@ from ism3d.eval.bench import Rings, evaluate_gaussians, make_reference
 from ism3d.export.video import render_ring_frames, views_grid, write_png
 from ism3d.ply import load_ply
 from ism3d.render import render
-from ism3d.scene import activate
+from ism3d.scene import SH_C0, activate
 from ism3d.types import Gaussians
 
 
@@ -34,7 +34,7 @@ def blend_weights(g: Gaussians, size: int, radius: float, fovy: float) -> torch.
     total = torch.zeros(len(g))
     for polar in (45.0, 60.0, 75.0, 90.0, 105.0):
         sh_i = sh.clone()
-        sh_i[:, 0] = sh_i[:, 0] + colour / 0.28209479177387814          # SH_C0: colour = 0.5 + C0 * sh
+        sh_i[:, 0] = sh_i[:, 0] + colour / SH_C0                       # colour = 0.5 + C0 * sh
         gi = dataclasses.replace(g, sh=sh_i)
         out = render(gi, eval_ring(16, size, size, radius, fovy, polar=polar), torch.zeros(3))
         (grad,) = torch.autograd.grad(out.rgb[:, 0].sum(), colour)
