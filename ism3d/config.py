@@ -349,6 +349,12 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
             "camera.radius_floor": (3.5, 3.5),
             "camera.fovy_range": (0.55, 0.55),
             "camera.fovy_floor": 0.55,
+            # no look-at jitter: the prior is trained without it, so it pins where the object sits
+            # to a fraction of a 32x32 pixel (with the reference's jitter of std 0.05 units, ~0.8
+            # pixel, results drifted by up to 0.06 units; BENCHMARKS.md)
+            "camera.jitter_center": 0.0,
+            "camera.jitter_target": 0.0,
+            "camera.jitter_up": 0.0,
             "output.video_size": 256,
             # a 128^3 grid is still 6x finer than a 32x32 training pixel (0.062 units at the
             # fixed framing); the mesh differs from the 256^3 one by ~0.012 units on average, and

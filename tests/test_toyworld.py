@@ -335,6 +335,11 @@ def test_two_step_training_writes_a_loadable_fp16_prior(tmp_path):
     saved = json.loads((out / "metrics.json").read_text())
     assert set(saved["summary"]) == {"hue_match", "iou", "shape_acc", "framed"}
     assert saved["gt_reference"]["hue_match"] == 1.0 and saved["data_reference"]["hue_match"] > 0.9
+    # the card says which cameras the data had: the toy framing, without look-at jitter
+    assert saved["training"]["camera"]["jitter_target"] == 0.0
+    assert "look-at jitter none;" in (out / "MODEL_CARD.md").read_text()
+    assert tp._jitter({"jitter_center": 0.05, "jitter_target": 0.05, "jitter_up": 0.01}) == \
+        "centre U(+-0.025), target N(0, 0.05^2), up N(0, 0.01^2)"
     # --init-from continues from the saved weights (with lr ~ 0 they come back unchanged); a
     # time budget of 3 s cuts 100000 steps to what fits, and the run still ends cleanly and saves
     again = tmp_path / "again"
@@ -421,6 +426,24 @@ def test_shipped_architecture_fits_the_weight_limit():
     assert 2 * n < tp.WEIGHTS_LIMIT, n
     with pytest.raises(tp.TrainPriorError):
         tp.prior_config(20, "small")                                # 3 downsamplings need res % 8 == 0
+
+
+def test_shipped_prior_was_trained_on_the_toy_presets_cameras():
+    """The distillation must render what the prior saw: the shipped prior's recorded training
+    cameras (metrics.json) are the `toy` preset's camera section, look-at jitter (none) included."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    import ism3d
+    from ism3d.config import preset_config
+
+    metrics = json.loads((Path(ism3d.__file__).parent / "assets" / "toyworld" / "metrics.json").read_text())
+    trained = metrics["training"]["camera"]
+    toy = asdict(preset_config("toy").camera)
+    for key in ("polar_range", "azimuth_range", "radius_range", "radius_floor", "fovy_range",
+                "fovy_floor", "jitter_center", "jitter_target", "jitter_up"):
+        assert trained[key] == pytest.approx(toy[key]), key
+    assert toy["jitter_center"] == toy["jitter_target"] == toy["jitter_up"] == 0.0
 
 
 def test_schedules():

@@ -19,7 +19,8 @@ One batch of B samples (numbered as in `ToyWorldData.batch`):
 Why sample_orbit over the whole schedule: the prior has to score the images the distillation
 renders. `sample_orbit(cfg, step, ...)` draws polar 45..105, any azimuth, radius and fovy from
 ranges that shrink every `decay_every` steps (radius 5.2..5.5 -> floors 3.5..5.0, fovy lower
-bound 0.32 -> 0.16), with the reference's jitter. Drawing `step` uniformly in
+bound 0.32 -> 0.16) and the camera section's look-at jitter (the reference's; none in the `toy`
+preset, so the prior learns exactly where an object sits). Drawing `step` uniformly in
 [0, 10 * decay_every) covers every stage (the floors are reached after 8 decays), so whatever
 iteration count a distillation runs, each of its views is in the training distribution. For an
 object 1 unit across, fill = 1 / (2 r tan(fovy / 2)) of the frame height spans 0.29 .. 1.8

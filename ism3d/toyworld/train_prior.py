@@ -695,6 +695,12 @@ def main(argv: list[str] | None = None) -> dict:
     return metrics
 
 
+def _jitter(cam: dict) -> str:
+    j = (cam["jitter_center"], cam["jitter_target"], cam["jitter_up"])
+    return ("none" if not any(j) else
+            f"centre U(+-{j[0] / 2:g}), target N(0, {j[1]:g}^2), up N(0, {j[2]:g}^2)")
+
+
 def write_model_card(path: Path, metrics: dict, grid_prompts: list[str], prior: PixelPrior) -> None:
     tr, s, g = metrics["training"], metrics["summary"], metrics["gt_reference"]
     dr = metrics["data_reference"]
@@ -728,10 +734,11 @@ def write_model_card(path: Path, metrics: dict, grid_prompts: list[str], prior: 
         "## Data",
         "Rendered on the fly (no dataset): a random object, cameras from `cameras.sample_orbit`",
         ("(the `toy` preset's: polar 45..105, any azimuth, fixed framing radius 3.5 and fovy 0.55 = "
-         "the eval ring's, so the distilled object's size is pinned), "
+         "the eval ring's, so the distilled object's size is pinned),"
          if tr["args"].get("framing", "spec") == "toy" else
          "(the spec's distribution: polar 45..105, any azimuth, radius and fovy over the whole "
-         "progressive schedule), "),
+         "progressive schedule),"),
+        f"look-at jitter {_jitter(tr['camera'])};",
         "backgrounds white or (p = 0.66) a random colour or black, "
         f"{tr['data']['p_disparity']:.0%} normalised",
         f"disparity maps; captions {tr['data']['p_empty']:.0%} empty, {tr['data']['p_plain']:.0%} without view suffix.",
