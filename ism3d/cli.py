@@ -37,12 +37,14 @@ EPILOG_EVAL = """\
 examples:
   ism3d eval --prior tiny --quick --out /tmp/eval         smoke test (CPU, about a minute)
   ism3d eval --preset toy --iters 600 --ablation          the full benchmark (GPU)
+  ism3d eval --preset toy --ablation --jobs 4             4 training processes on one GPU
 
 outputs (in --out):
   report.md    a table per run, means per method, Janus rates, ISM >= SDS per prompt, targets
   report.json  every number (schema ism3d-eval/1)
   runs/<prompt>_<method>_s<seed>/  each run (gaussians.ply, config.yaml, summary.json,
                eval.json, eval_views.png: ground truth above the result)
+  shards/<k>.log  with --jobs: each training process's output
 
 exit codes: 0 done, 2 bad input (nothing trained), 130 interrupted (re-run to resume)
 """
@@ -185,6 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--quick", action="store_true",
                    help="smoke test: 3 prompts, 1 seed, 20 iterations, 8 views at 32x32 "
                         "(explicit flags win)")
+    v.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="train the runs in N processes side by side, then score and report them "
+                        "in this one (default 1). On a GPU the toy prior's small steps leave it "
+                        "partly idle, so a few processes share it (BENCHMARKS.md); on a CPU, more "
+                        "jobs than cores gain nothing")
+    v.add_argument("--shard", default=None, metavar="K/N",
+                   help="only the runs whose index is K mod N, and no report: for spreading one "
+                        "benchmark over processes or machines that share --out; the same command "
+                        "without --shard then reuses every finished run and writes the report")
     v.add_argument("--quiet", action="store_true", help="no progress bar")
     p._eval = v  # main() parses `eval` intermixed (KEY=VALUE between options)
     from .batch.command import add_parser as add_batch_parser
@@ -384,13 +395,19 @@ def cmd_eval(args) -> int:
                            prompts=args.prompts, seeds=args.seeds, methods=args.methods,
                            iters=args.iters, views=args.views, size=args.size,
                            ablation=args.ablation, device=args.device, quick=args.quick,
-                           overrides=args.overrides)
+                           overrides=args.overrides, shard=args.shard)
+        if args.jobs < 1 or (args.jobs > 1 and args.shard is not None):
+            raise B.EvalError("--jobs must be >= 1, and --jobs > 1 cannot be combined with --shard")
     except (B.EvalError, C.ConfigError) as e:
         return _fail(str(e))
 
     stop = {"flag": False}
     old = signal.signal(signal.SIGINT, _first_sigint_stops(stop))
     try:
+        if args.jobs > 1:
+            code = _eval_shards(spec, args.jobs, quiet=args.quiet)
+            if code != 0 or stop["flag"]:
+                return code or 130
         report = B.run_bench(spec, progress=not args.quiet, should_stop=lambda: stop["flag"],
                              log=lambda m: print(m, file=sys.stderr))
     except (B.EvalError, C.ConfigError, RunError, PriorError, PromptError) as e:
@@ -399,6 +416,13 @@ def cmd_eval(args) -> int:
         return _fail("aborted; re-run the same command to resume", code=130)
     finally:
         signal.signal(signal.SIGINT, old)
+    if spec.shard is not None:
+        if report["status"] != "done":
+            print("ism3d: interrupted; re-run the same command to resume", file=sys.stderr)
+            return 130
+        print(f"shard {args.shard}: {len(report['runs'])} runs in {spec.out}/runs (no report: run "
+              "the command without --shard to write it)")
+        return 0
     if report["status"] != "done":
         print(f"ism3d: interrupted after {len(report['runs'])} runs; partial report in "
               f"{spec.out}/report.md; re-run the same command to resume", file=sys.stderr)
@@ -409,6 +433,44 @@ def cmd_eval(args) -> int:
         line += (f"; ISM IoU {t['ism_iou']}, PSNR {t['ism_psnr']} dB: targets "
                  f"{'met' if t['met'] else 'not met'}")
     print(line)
+    return 0
+
+
+def _eval_shards(spec, jobs: int, quiet: bool) -> int:
+    """`ism3d eval --jobs N`: the same benchmark as N `--shard k/N` processes side by side (each
+    loads the prior once and trains its share of the runs into spec.out), their output in
+    DIR/shards/k.log. Returns 0, or the first failing shard's exit code (130 if interrupted)."""
+    import os
+    import shlex
+    import subprocess
+
+    logs = spec.out / "shards"
+    logs.mkdir(parents=True, exist_ok=True)
+    argv = shlex.split(spec.command)[1:]                      # "eval" and its canonical flags
+    env = dict(os.environ)
+    # CPU threads shared out, unless the user chose them
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+    if not quiet:
+        print(f"ism3d eval: training in {jobs} processes (logs in {logs}/)...", file=sys.stderr)
+    procs = []
+    for k in range(jobs):
+        with open(logs / f"{k}.log", "w") as log:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "ism3d", *argv, "--shard", f"{k}/{jobs}", "--quiet"],
+                stdout=log, stderr=subprocess.STDOUT, env=env))
+    codes = []
+    for proc in procs:
+        while True:
+            try:
+                codes.append(proc.wait())
+                break
+            except KeyboardInterrupt:   # a second Ctrl-C: the shards got it too; wait for them
+                continue
+    for k, code in enumerate(codes):
+        if code != 0:
+            tail = (logs / f"{k}.log").read_text().strip().splitlines()[-1:] or [""]
+            print(f"ism3d: error: shard {k}/{jobs} exited with {code}: {tail[0]}", file=sys.stderr)
+            return 130 if code == 130 else (2 if code == 2 else 1)
     return 0
 
 

@@ -333,8 +333,53 @@ def test_interrupted_eval_resumes_and_reuses(tmp_path):
     assert not rep3["runs"][0]["reused"] and rep3["runs"][0]["iters"] == 2
 
 
+def test_eval_jobs_trains_in_shards_and_matches_one_process(tmp_path):
+    """--jobs 2: two `--shard k/2` processes train the runs, this one scores them all (every run
+    reused); the numbers are those of the same benchmark in one process."""
+    args = ["eval", "--quick", "--iters", "2", *FAST]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    r = subprocess.run([sys.executable, "-m", "ism3d", *args, "--out", str(tmp_path / "par"),
+                        "--jobs", "2"], capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert r.returncode == 0, r.stderr
+    par = json.loads((tmp_path / "par" / "report.json").read_text())
+    assert all(x["reused"] for x in par["runs"]) and len(par["runs"]) == 6
+    for k in (0, 1):
+        assert "shard %d/2: 3 runs" % k in (tmp_path / "par" / "shards" / f"{k}.log").read_text()
+    assert cli.main([*args, "--out", str(tmp_path / "one")]) == 0
+    one = json.loads((tmp_path / "one" / "report.json").read_text())
+    assert [x["name"] for x in par["runs"]] == [x["name"] for x in one["runs"]]
+    for a, b in zip(par["runs"], one["runs"]):
+        assert not b["reused"]
+        assert a["iou"] == pytest.approx(b["iou"], abs=1e-3) and a["psnr"] == pytest.approx(b["psnr"], abs=0.01)
+
+
+def test_shard_trains_only_its_runs_and_writes_no_report(tmp_path):
+    cfg = C.apply_overrides(C.preset_config("tiny"), {
+        **B.EVAL_OVERRIDES, "train.iters": 1, "camera.eval_polars": "90",
+        "guidance.delta_s": 1000, "guidance.xs_inv_steps": 1})
+    spec = B.BenchSpec(out=tmp_path / "b", prompts=["a red cube", "a blue sphere"], seeds=[0],
+                       methods=["ism", "sds"], base_cfg=cfg, preset="tiny", views=4, size=16,
+                       shard=(1, 2))
+    names = [r.name for r in B.build_runs(spec)]
+    rep = B.run_bench(spec, progress=False)
+    assert [x["name"] for x in rep["runs"]] == names[1::2] == ["a_red_cube_sds_s0", "a_blue_sphere_sds_s0"]
+    assert not (spec.out / "report.json").exists() and not (spec.out / "report.md").exists()
+    assert sorted(p.name for p in (spec.out / "runs").iterdir()) == sorted(names[1::2])
+    spec.shard = None                                     # the whole benchmark reuses the shard's runs
+    rep = B.run_bench(spec, progress=False)
+    assert [x["reused"] for x in rep["runs"]] == [i % 2 == 1 for i in range(len(names))]
+    assert (spec.out / "report.json").is_file()
+    assert B.parse_shard("2/3") == (2, 3)
+    for bad in ("3/3", "-1/2", "1", "a/b"):
+        with pytest.raises(B.EvalError, match="--shard"):
+            B.parse_shard(bad)
+
+
 @pytest.mark.parametrize("args, needle", [
     (["--prompts", "PROMPTS_FILE"], "dragon"),
+    (["--shard", "2/2"], "--shard"),
+    (["--jobs", "0"], "--jobs"),
+    (["--jobs", "2", "--shard", "0/2"], "--jobs"),
     (["--seeds", "0,x"], "--seeds"),
     (["--methods", "ism,gan"], "--methods"),
     (["--views", "2"], "--views"),

@@ -47,7 +47,7 @@ from . import metrics as M
 
 __all__ = ["DEFAULT_PROMPTS", "QUICK_PROMPTS", "METHODS", "ABLATION", "EVAL_OVERRIDES",
            "IOU_TARGET", "PSNR_TARGET", "EvalError", "BenchSpec", "RunSpec", "parse_seeds",
-           "parse_methods", "load_prompts", "check_prompt", "build_runs", "evaluate_gaussians",
+           "parse_methods", "parse_shard", "load_prompts", "check_prompt", "build_runs", "evaluate_gaussians",
            "make_spec",
            "summarise", "render_markdown", "write_report", "run_bench", "REPORT_SCHEMA"]
 
@@ -95,6 +95,17 @@ def parse_seeds(text: str) -> list[int]:
     if len(set(seeds)) != len(seeds):
         raise EvalError(f"--seeds {text!r}: a seed is repeated")
     return seeds
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'K/N' -> (K, N) with 0 <= K < N."""
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise EvalError(f"--shard must look like K/N, e.g. 0/4 (got {text!r})") from None
+    if not 0 <= k < n:
+        raise EvalError(f"--shard K/N needs 0 <= K < N (got {text!r})")
+    return k, n
 
 
 def parse_methods(text: str) -> list[str]:
@@ -163,6 +174,9 @@ class BenchSpec:
     size: int = 64
     ablation: bool = False
     command: str = ""           # the canonical command line, for the report
+    # (k, n): train and score only the runs whose index is k mod n, and write no report -- one
+    # of n processes (or machines) sharing `out`; a run without it then reuses them all
+    shard: tuple[int, int] | None = None
 
 
 @dataclass
@@ -562,6 +576,9 @@ def run_bench(spec: BenchSpec, *, progress: bool = True,
     t0 = time.perf_counter()
     # 1. runs, every config checked before anything heavy
     runs = build_runs(spec)
+    if spec.shard is not None:
+        k, n = spec.shard
+        runs = runs[k::n]
     cfg0 = spec.base_cfg
     loc = resolve_prior(cfg0.prior.name, offline=cfg0.prior.offline)
     for r in runs:
@@ -596,7 +613,8 @@ def run_bench(spec: BenchSpec, *, progress: bool = True,
                "machine": machine(), "wall_seconds": round(time.perf_counter() - t0, 1),
                "settings": settings, "runs": rows,
                "summary": summarise(rows, spec.methods, spec.ablation)}
-        write_report(rep, spec.out)
+        if spec.shard is None:
+            write_report(rep, spec.out)
         return rep
 
     try:
@@ -657,7 +675,7 @@ def make_spec(*, out: str | Path = "outputs/eval", preset: str | None = None,
               prior: str | None = None, prompts: str | None = None, seeds: str | None = None,
               methods: str | None = None, iters: int | None = None, views: int | None = None,
               size: int | None = None, ablation: bool = False, device: str = "auto",
-              quick: bool = False, overrides: list[str] = ()) -> BenchSpec:
+              quick: bool = False, overrides: list[str] = (), shard: str | None = None) -> BenchSpec:
     """The `ism3d eval` flags -> a checked BenchSpec (None = the default; `quick` changes the
     defaults of prompts, seeds, iters, views and size, explicit values win).
 
@@ -694,7 +712,8 @@ def make_spec(*, out: str | Path = "outputs/eval", preset: str | None = None,
     if out.exists() and not out.is_dir():
         raise EvalError(f"--out {out} exists and is not a folder")
     spec = BenchSpec(out=out, prompts=prompt_list, seeds=seed_list, methods=method_list,
-                     base_cfg=cfg, preset=preset, views=views, size=size, ablation=ablation)
+                     base_cfg=cfg, preset=preset, views=views, size=size, ablation=ablation,
+                     shard=parse_shard(shard) if shard is not None else None)
     spec.command = canonical_command(spec, list(overrides), prompts_arg)
     return spec
 
