@@ -470,7 +470,7 @@ def _eval_shards(spec, jobs: int, quiet: bool) -> int:
         if code != 0:
             tail = (logs / f"{k}.log").read_text().strip().splitlines()[-1:] or [""]
             print(f"ism3d: error: shard {k}/{jobs} exited with {code}: {tail[0]}", file=sys.stderr)
-            return 130 if code == 130 else (2 if code == 2 else 1)
+            return code if code in (2, 130) else 1
     return 0
 
 

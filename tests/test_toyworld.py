@@ -432,12 +432,11 @@ def test_shipped_prior_was_trained_on_the_toy_presets_cameras():
     """The distillation must render what the prior saw: the shipped prior's recorded training
     cameras (metrics.json) are the `toy` preset's camera section, look-at jitter (none) included."""
     from dataclasses import asdict
-    from pathlib import Path
 
-    import ism3d
     from ism3d.config import preset_config
+    from ism3d.priors.stable_diffusion import TOY_PRIOR_DIR
 
-    metrics = json.loads((Path(ism3d.__file__).parent / "assets" / "toyworld" / "metrics.json").read_text())
+    metrics = json.loads((TOY_PRIOR_DIR / "metrics.json").read_text())
     trained = metrics["training"]["camera"]
     toy = asdict(preset_config("toy").camera)
     for key in ("polar_range", "azimuth_range", "radius_range", "radius_floor", "fovy_range",
