@@ -219,7 +219,9 @@ def sample_orbit(cfg: CameraConfig, step: int, batch: int, width: int, height: i
 
     1. ranges from `camera_schedule(cfg, step)`
     2. polar ~ U[polar_range], azimuth ~ U[azimuth_range), radius ~ U[radius range],
-       fovy ~ U[fovy range], all uniform in angle, one draw per view
+       fovy ~ U[fovy range], all uniform in angle, one draw per view; with
+       azimuth_sampling="stratified", view k's azimuth is U over the k-th of B equal slices of
+       azimuth_range instead (same draws, so each view is still uniform over the whole range)
     3. nominal centre = r * (sin p cos a, sin p sin a, cos p) around the origin
     4. jitter: centre += U[-jc/2, jc/2)^3, target = N(0, jt^2 I), up = the nominal camera up
        (orthogonal to the jittered view direction, in the vertical plane) + N(0, ju^2 I)
@@ -241,7 +243,10 @@ def sample_orbit(cfg: CameraConfig, step: int, batch: int, width: int, height: i
     r_lo, r_hi, f_lo, f_hi = camera_schedule(cfg, step)
     # 2. nominal draws (one tensor per quantity, in this fixed order)
     polar = _uniform(*cfg.polar_range, batch, generator)               # [B] degrees
-    azimuth = _uniform(*cfg.azimuth_range, batch, generator)           # [B] degrees
+    u = torch.rand(batch, generator=generator, dtype=torch.float64)    # [B] U[0, 1)
+    if cfg.azimuth_sampling == "stratified":
+        u = (torch.arange(batch, dtype=torch.float64) + u) / batch     # view k in slice k
+    azimuth = cfg.azimuth_range[0] + (cfg.azimuth_range[1] - cfg.azimuth_range[0]) * u  # [B] degrees
     radius = _uniform(r_lo, r_hi, batch, generator)                    # [B]
     fovy = _uniform(f_lo, f_hi, batch, generator)                      # [B] radians
     # 3. nominal centres

@@ -75,6 +75,10 @@ class CameraConfig:
     polar_range: tuple[float, float] = (45.0, 105.0)
     # Azimuth range in degrees; 0 = front (camera on +x), counter-clockwise seen from above
     azimuth_range: tuple[float, float] = (-180.0, 180.0)
+    # How the B azimuths of a step are drawn: uniform (the reference: independent, so all B views
+    # can land on one side) | stratified (one view in each of B equal slices of azimuth_range, at a
+    # uniform place inside it, as threestudio's batch_uniform_azimuth: every step sees all sides)
+    azimuth_sampling: Literal["uniform", "stratified"] = "uniform"
     # Camera distance range at step 0
     radius_range: tuple[float, float] = (5.2, 5.5)
     # Both ends of radius_range are multiplied by this every `decay_every` steps...

@@ -244,6 +244,35 @@ def test_sampler_distribution_uniform_in_angle():
     torch.testing.assert_close(aq, -180 + 360 * q.double(), atol=8.0, rtol=0)
 
 
+def test_stratified_azimuth_puts_one_view_in_each_slice():
+    # view k of B lies in [lo + k w, lo + (k + 1) w), w = (hi - lo) / B, at a uniform place in it;
+    # the other draws (polar, radius, ...) are the uniform sampler's, draw for draw
+    B, steps = 4, 3000
+    strat = CameraConfig(azimuth_sampling="stratified", azimuth_range=(-180.0, 180.0))
+    ga, gb = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    az, az_uniform = [], []
+    for _ in range(steps):
+        a, b = sample_orbit(strat, 0, B, W, H, ga), sample_orbit(CameraConfig(), 0, B, W, H, gb)
+        assert torch.equal(a.polar, b.polar) and torch.equal(a.radius, b.radius)
+        az.append(a.azimuth.double())
+        az_uniform.append(b.azimuth.double())
+    az, az_uniform = torch.stack(az), torch.stack(az_uniform)            # [steps, B]
+    k = torch.arange(B, dtype=torch.float64)
+    # the same uniform draw u, mapped to slice k: az_strat = -180 + 90 (k + u), u = (az_unif + 180) / 360
+    expect = -180.0 + 90.0 * (k + (az_uniform + 180.0) / 360.0)
+    expect = torch.where(expect > 180.0, expect - 360.0, expect)            # (-180, 180] wrap
+    torch.testing.assert_close(az, expect, atol=1e-4, rtol=0)
+    for j in range(B):                                                     # uniform inside slice j
+        lo = -180.0 + 90.0 * j
+        frac = ((az[:, j] - lo) % 360.0) / 90.0
+        assert frac.min() >= 0 and frac.max() < 1.0 + 1e-6
+        torch.testing.assert_close(torch.quantile(frac, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)),
+                                   torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64), atol=0.03, rtol=0)
+    # so no step has two views within one slice, which the uniform sampler often does
+    slots = ((az_uniform + 180.0) // 90.0).clamp(max=B - 1)
+    assert (slots.sort(dim=1).values.diff(dim=1) == 0).any(dim=1).float().mean() > 0.8
+
+
 def test_sampler_deterministic_per_seed():
     cfg = CameraConfig()
     a = sample_orbit(cfg, 700, 6, W, H, torch.Generator().manual_seed(42))

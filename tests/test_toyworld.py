@@ -292,6 +292,20 @@ def test_batches_are_deterministic_per_seed_and_well_formed(small_bank):
     assert 0 < int(a.disparity.sum()) < 16
 
 
+def test_training_views_ignore_a_stratified_azimuth_sampler(small_bank):
+    # the views of one object are consecutive in a batch: with the distillation's stratified
+    # sampler they would all sit in one slice of azimuths, so the data draws them independently
+    from ism3d.config import CameraConfig
+    base = DataConfig(res=8, n_points=500, objects_per_batch=2)
+    strat = DataConfig(res=8, n_points=500, objects_per_batch=2,
+                       camera=CameraConfig(azimuth_sampling="stratified"))
+    a = ToyWorldData(base, bank=small_bank).batch(16, torch.Generator().manual_seed(1))
+    b = ToyWorldData(strat, bank=small_bank).batch(16, torch.Generator().manual_seed(1))
+    assert torch.equal(a.azimuth, b.azimuth) and torch.equal(a.images, b.images)
+    # 8 views of one object spread over the circle, not over one eighth of it
+    assert float(a.azimuth[:8].max() - a.azimuth[:8].min()) > 45.0
+
+
 def test_caption_shares_and_backgrounds(small_bank):
     cfg = DataConfig(res=8, n_points=500, p_disparity=0.0, p_empty=0.1, p_plain=0.2)
     data = ToyWorldData(cfg, bank=small_bank)

@@ -214,7 +214,10 @@ class ToyWorldData:
         if not (0 <= cfg.p_empty and 0 <= cfg.p_plain and cfg.p_empty + cfg.p_plain <= 1):
             raise WorldError(f"caption shares must be >= 0 and sum to <= 1, got p_empty={cfg.p_empty}, "
                              f"p_plain={cfg.p_plain}")
-        self.cfg = cfg
+        # the views of one object are consecutive in a batch, so their azimuths must be drawn
+        # independently: a stratified sampler (the `toy` preset's, for distillation) would put
+        # them all in one narrow slice of the azimuths
+        self.cfg = replace(cfg, camera=replace(cfg.camera, azimuth_sampling="uniform"))
         self.device = torch.device(device)
         self.bank = bank if bank is not None else ObjectBank(n_points=cfg.n_points, device=self.device)
         self.span = cfg.schedule_span or 10 * cfg.camera.decay_every
