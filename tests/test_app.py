@@ -149,7 +149,7 @@ def test_preset_fields_fill_the_form_from_the_preset():
             cfg.guidance.scale, cfg.train.iters)
         # about 20 previews a run, never sparser than the preset's own interval
         assert 1 <= every <= cfg.train.preview_every and iters // every >= 20
-    assert preset_fields("toy")[1:] == ("toy", "ism", 7.5, 270, 13)
+    assert preset_fields("toy")[1:] == ("toy", "ism", 7.5, 135, 6)  # 135 // 20
 
 
 def _fake_run(root: Path, name: str, record: str | None, data: dict, mtime: float,
