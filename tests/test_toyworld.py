@@ -351,6 +351,8 @@ def test_two_step_training_writes_a_loadable_fp16_prior(tmp_path):
     assert saved["gt_reference"]["hue_match"] == 1.0 and saved["data_reference"]["hue_match"] > 0.9
     # the card says which cameras the data had: the toy framing, without look-at jitter
     assert saved["training"]["camera"]["jitter_target"] == 0.0
+    # ...with azimuths drawn independently, though the toy preset distils with stratified ones
+    assert saved["training"]["camera"]["azimuth_sampling"] == "uniform"
     assert "look-at jitter none;" in (out / "MODEL_CARD.md").read_text()
     assert tp._jitter({"jitter_center": 0.05, "jitter_target": 0.05, "jitter_up": 0.01}) == \
         "centre U(+-0.025), target N(0, 0.05^2), up N(0, 0.01^2)"

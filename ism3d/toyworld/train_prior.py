@@ -672,7 +672,7 @@ def main(argv: list[str] | None = None) -> dict:
                            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                            "parameters": n_params, "weights_bytes": size, "loss_history": history,
                            "args": vars(args), "data": {k: v for k, v in asdict(dcfg).items() if k != "camera"},
-                           "camera": asdict(dcfg.camera)}
+                           "camera": asdict(data.cfg.camera)}  # as drawn (independent azimuths)
     (out / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2) + "\n")
     write_model_card(out / "MODEL_CARD.md", metrics, grid_prompts, prior)
 
