@@ -259,8 +259,7 @@ def test_stratified_azimuth_puts_one_view_in_each_slice():
     az, az_uniform = torch.stack(az), torch.stack(az_uniform)            # [steps, B]
     k = torch.arange(B, dtype=torch.float64)
     # the same uniform draw u, mapped to slice k: az_strat = -180 + 90 (k + u), u = (az_unif + 180) / 360
-    expect = -180.0 + 90.0 * (k + (az_uniform + 180.0) / 360.0)
-    expect = torch.where(expect > 180.0, expect - 360.0, expect)            # (-180, 180] wrap
+    expect = -180.0 + 90.0 * (k + (az_uniform + 180.0) / 360.0)            # in [-180, 180)
     torch.testing.assert_close(az, expect, atol=1e-4, rtol=0)
     for j in range(B):                                                     # uniform inside slice j
         lo = -180.0 + 90.0 * j
