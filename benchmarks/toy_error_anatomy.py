@@ -44,35 +44,36 @@ def erode(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def _halves(png: Path) -> tuple[np.ndarray, np.ndarray]:
-    """eval_views.png -> (truth, result) [h, W, 3] in [0, 1]."""
+def load(png: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """eval_views.png -> truth, result [h, W, 3] in [0, 1] and their silhouettes [h, W] (step 1,
+    not eroded)."""
     img = np.asarray(Image.open(png).convert("RGB"), dtype=np.float64) / 255.0   # [2h, W, 3]
     h = img.shape[0] // 2
-    return img[:h], img[h:2 * h]
+    truth, result = img[:h], img[h:2 * h]
+    return truth, result, truth.min(-1) < 0.9, result.min(-1) < 0.9
 
 
-def interior_luminance(png: Path) -> tuple[float, float, int]:
-    """Steps 1-2 for one eval_views.png -> (truth, result, interior pixel count)."""
-    truth, result = _halves(png)
-    inside = erode(truth.min(-1) < 0.9) & erode(result.min(-1) < 0.9)          # [h, W]
+def interior_luminance(views) -> tuple[float, float, int]:
+    """Steps 1-2 for `load(png)` -> (truth, result, interior pixel count)."""
+    truth, result, mt, mr = views
+    inside = erode(mt) & erode(mr)                                              # [h, W]
     if not inside.any():
         return math.nan, math.nan, 0
     return float((truth[inside] @ LUMA).mean()), float((result[inside] @ LUMA).mean()), int(inside.sum())
 
 
-def psnr_with_gain(png: Path) -> tuple[float, float]:
-    """Step 4 for one eval_views.png -> (PSNR dB as is, PSNR dB after the per-channel gain)."""
-    truth, result = _halves(png)
-    union = (truth.min(-1) < 0.9) | (result.min(-1) < 0.9)                      # [h, W]
+def psnr_with_gain(views) -> tuple[float, float]:
+    """Step 4 for `load(png)` -> (PSNR dB as is, PSNR dB after the per-channel gain)."""
+    truth, result, mt, mr = views
+    union = mt | mr                                                             # [h, W]
     t, r = truth[union], result[union]                                          # [P, 3]
     gain = (t * r).sum(0) / np.maximum((r * r).sum(0), 1e-12)                    # [3]
     return tuple(float(10 * np.log10(1 / max(((t - x) ** 2).mean(), 1e-12))) for x in (r, r * gain))
 
 
-def error_split(png: Path) -> tuple[float, float]:
-    """Step 5 for one eval_views.png -> summed squared error (interior, edge band)."""
-    truth, result = _halves(png)
-    mt, mr = truth.min(-1) < 0.9, result.min(-1) < 0.9
+def error_split(views) -> tuple[float, float]:
+    """Step 5 for `load(png)` -> summed squared error (interior, edge band)."""
+    truth, result, mt, mr = views
     inside = erode(mt) & erode(mr)
     band = (mt | mr) & ~inside
     se = ((truth - result) ** 2).sum(-1)                                        # [h, W]
@@ -87,8 +88,9 @@ def measure(dirs: list[Path]) -> dict[tuple[str, str, int], tuple]:
         for r in json.loads((d / "report.json").read_text())["runs"]:
             png = d / "runs" / r["name"] / "eval_views.png"
             if png.is_file():
+                v = load(png)
                 out[(r["prompt"], r["method"], int(r["seed"]))] = (
-                    *interior_luminance(png), *psnr_with_gain(png), *error_split(png))
+                    *interior_luminance(v), *psnr_with_gain(v), *error_split(v))
     return out
 
 
