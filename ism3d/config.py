@@ -30,9 +30,8 @@ class ConfigError(ValueError):
 @dataclass
 class InitConfig:
     # How to place the initial gaussians: ball | shell | box | file | shap-e | point-e (a point
-    # cloud generated from a text prompt, ism3d/inits/) | prior-hull (a hull carved from the
-    # run's own prior's samples of the prompt around a ring of views, ism3d/inits/prior_hull.py)
-    kind: Literal["ball", "shell", "box", "file", "shap-e", "point-e", "prior-hull"] = "ball"
+    # cloud generated from a text prompt, ism3d/inits/)
+    kind: Literal["ball", "shell", "box", "file", "shap-e", "point-e"] = "ball"
     # Number of initial gaussians (for kind=file: points sampled on a mesh surface; 0 = all points)
     num_points: int = 100_000
     # Ball/shell radius, or half the side of the box (world units)
@@ -68,23 +67,6 @@ class InitConfig:
     point_e_guidance: float = 3.0
     # kind=shap-e: marching-cubes grid of the mesh decode (128 = the diffusers pipeline's)
     shap_e_grid: int = 128
-    # kind=prior-hull: azimuths of the sampled views (evenly spaced from the front), at each of
-    # the polar angles (degrees) below
-    hull_views: int = 8
-    hull_polars: tuple[float, ...] = (90.0, 60.0)
-    # kind=prior-hull: DDIM steps and classifier-free guidance scale of each view's sample
-    hull_steps: int = 20
-    hull_guidance: float = 5.0
-    # kind=prior-hull: a sampled pixel is the object's where it differs from the sample's border
-    # colour by more than this (per channel, in [0, 1])
-    hull_threshold: float = 0.15
-    # kind=prior-hull: voxels per axis of the carved cube (the views' framed square)
-    hull_grid: int = 48
-    # kind=prior-hull: a voxel is kept when at least this fraction of the views hold it
-    hull_keep: float = 0.75
-    # kind=prior-hull: mirror the samples that agree better with the other views mirrored (a
-    # side-view prompt does not say from which side: ism3d/inits/prior_hull.py, orient)
-    hull_orient: bool = True
 
 
 @dataclass

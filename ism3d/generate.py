@@ -112,9 +112,6 @@ def run(plan: Plan, *, prior=None, progress: bool = True, callback=None) -> dict
     if prior is None:
         prior = load_prior(cfg.prior, plan.device)
     prior.check_prompt(plan.prompt)
-    if cfg.init.kind == "prior-hull":  # the prior samples the init prompt too
-        from .inits.cloud import init_prompt
-        prior.check_prompt(init_prompt(cfg.init, plan.prompt))
     w, h, size = cfg.render.width, cfg.render.height, prior.image_size
     if min(w, h) < size:
         warnings.warn(f"renders are {w}x{h} but the prior {prior.name} works at {size}x{size}: it sees "

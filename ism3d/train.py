@@ -218,7 +218,7 @@ def train(cfg: C.Config, prompt: str, prior, out_dir: str | Path, *, resume: boo
         elapsed_before = ckpt.get("elapsed_seconds", 0.0)
     else:
         # scene.py's kinds, or a cloud generated from text (ism3d/inits: out_dir/init_points.ply)
-        params = init_from_config(cfg, prompt, out_dir, device, gen, prior).to(device)
+        params = init_from_config(cfg, prompt, out_dir, device, gen).to(device)
         optimizers = make_optimizers(params, cfg.optim)
         state = strategy.init_state(params["means"].shape[0], device)
 

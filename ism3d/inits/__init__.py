@@ -1,9 +1,8 @@
-"""Text-to-3D initialisers: init.kind=shap-e (diffusers Shap-E), init.kind=point-e (OpenAI
-Point-E) and init.kind=prior-hull (a hull carved from the run's own prior's samples), beside
-scene.py's ball | shell | box | file.
+"""Text-to-3D initialisers: init.kind=shap-e (diffusers Shap-E) and init.kind=point-e (OpenAI
+Point-E), beside scene.py's ball | shell | box | file.
 
     check_init(cfg.init, offline)           cheap checks for `generate.prepare` (InitError)
-    init_from_config(cfg, prompt, out_dir, device, gen, prior) -> ParameterDict
+    init_from_config(cfg, prompt, out_dir, device, gen) -> ParameterDict
                                             what `train` calls when it starts a run: the
                                             text kinds here, every other kind `scene.init_params`
 
@@ -61,8 +60,6 @@ def check_init(cfg: InitConfig, offline: bool = False, need_model: bool = True) 
     """
     if cfg.kind not in TEXT_KINDS:
         return
-    if cfg.kind == "prior-hull":
-        _check_hull(cfg)
     need = [(cfg.copies >= 1, "init.copies", "must be at least 1"),
             (cfg.jitter >= 0, "init.jitter", "must be >= 0"),
             (cfg.scale > 0, "init.scale", "must be > 0"),
@@ -74,7 +71,7 @@ def check_init(cfg: InitConfig, offline: bool = False, need_model: bool = True) 
     for ok, key, why in need:
         if not ok:
             raise InitError(f"{key}: {why} (got {getattr(cfg, key.split('.')[1])!r})")
-    if not need_model or cfg.kind == "prior-hull":  # the run's prior is checked by generate
+    if not need_model:
         return
     if cfg.kind == "point-e":
         from .point_e import check_installed
@@ -84,24 +81,9 @@ def check_init(cfg: InitConfig, offline: bool = False, need_model: bool = True) 
         resolve_shap_e(cfg.model, offline=offline)
 
 
-def _check_hull(cfg: InitConfig) -> None:
-    need = [(cfg.hull_views >= 1, "init.hull_views", "must be at least 1"),
-            (len(cfg.hull_polars) >= 1 and all(0 < p < 180 for p in cfg.hull_polars),
-             "init.hull_polars", "must be one or more angles in (0, 180) degrees"),
-            (cfg.hull_steps >= 1, "init.hull_steps", "must be at least 1"),
-            (cfg.hull_guidance >= 0, "init.hull_guidance", "must be >= 0"),
-            (0 < cfg.hull_threshold < 1, "init.hull_threshold", "must be in (0, 1)"),
-            (4 <= cfg.hull_grid <= 256, "init.hull_grid", "must be between 4 and 256"),
-            (0 < cfg.hull_keep <= 1, "init.hull_keep", "must be in (0, 1]")]
-    for ok, key, why in need:
-        if not ok:
-            raise InitError(f"{key}: {why} (got {getattr(cfg, key.split('.')[1])!r})")
-
-
 def generate_cloud(cfg: InitConfig, prompt: str, seed: int, device: torch.device | str,
                    offline: bool = False) -> GeneratedCloud:
-    """Run the generator of `cfg.kind` (shap-e, point-e) for the (already resolved) init
-    `prompt`; prior-hull needs the run's prior and config: `prior_hull.generate`."""
+    """Run the generator of `cfg.kind` for the (already resolved) init `prompt`."""
     if cfg.kind == "shap-e":
         from . import shap_e
         return shap_e.generate(cfg, prompt, seed, device, offline=offline)
@@ -112,11 +94,10 @@ def generate_cloud(cfg: InitConfig, prompt: str, seed: int, device: torch.device
 
 
 def text_init_params(cfg: Config, prompt: str, out_dir: str | Path, device: torch.device | str,
-                     generator: torch.Generator, prior=None) -> torch.nn.ParameterDict:
+                     generator: torch.Generator) -> torch.nn.ParameterDict:
     """Initial gaussians of a text kind, through `out_dir/init_points.ply`.
 
-    1. key = (kind, model, init prompt, seed, steps, guidance, points, scale, grid); for
-       prior-hull: the prior's name, every init.hull_* value, the framing and view prompts
+    1. key = (kind, model, init prompt, seed, steps, guidance, points, scale, grid)
     2. the cloud in `out_dir/init_points.ply` if its key is this key; else generate it and
        (re)write the file
     3. cloud -> gaussians (copies, jitter: the only draws from `generator`)
@@ -127,18 +108,11 @@ def text_init_params(cfg: Config, prompt: str, out_dir: str | Path, device: torc
         out_dir: the run folder.
         device: where the generator runs.
         generator: the training generator.
-        prior: the run's loaded prior (init.kind=prior-hull only).
     Returns:
         ParameterDict on the CPU, as `scene.init_params`.
     """
     init = cfg.init
     key = cache_key(init, prompt, cfg.train.seed)
-    if init.kind == "prior-hull":
-        key.update(model=cfg.prior.name, views=init.hull_views, polars=list(init.hull_polars),
-                   steps=init.hull_steps, guidance=init.hull_guidance,
-                   threshold=init.hull_threshold, grid=init.hull_grid, keep=init.hull_keep,
-                   radius=cfg.camera.radius_range[0], fovy=cfg.camera.fovy_range[0],
-                   view_prompts=cfg.guidance.view_prompts)
     path = Path(out_dir) / INIT_CLOUD
     found = load_cloud(path)
     if found is not None and found[1] == key:
@@ -148,13 +122,8 @@ def text_init_params(cfg: Config, prompt: str, out_dir: str | Path, device: torc
         if found is not None:
             log.warning("init: %s was made for %s; generating a new cloud for %s",
                         path, _short(found[1]), _short(key))
-        if init.kind == "prior-hull":
-            from . import prior_hull
-            assert prior is not None, "init.kind=prior-hull needs the run's prior"
-            cloud = prior_hull.generate(cfg, prior, key["prompt"], cfg.train.seed)
-        else:
-            cloud = generate_cloud(init, key["prompt"], cfg.train.seed, device,
-                                   offline=cfg.prior.offline)
+        cloud = generate_cloud(init, key["prompt"], cfg.train.seed, device,
+                               offline=cfg.prior.offline)
         save_cloud(path, cloud, key)
         if torch.device(device).type == "cuda":  # hand the generator's memory back for training
             gc.collect()
@@ -167,10 +136,10 @@ def _short(key: dict) -> str:
 
 
 def init_from_config(cfg: Config, prompt: str, out_dir: str | Path, device: torch.device | str,
-                     generator: torch.Generator, prior=None) -> torch.nn.ParameterDict:
-    """The initial raw parameters of a new run (CPU): a text kind through `text_init_params`
-    (prior-hull samples `prior`), any other kind through `scene.init_params(cfg.init, generator)`."""
+                     generator: torch.Generator) -> torch.nn.ParameterDict:
+    """The initial raw parameters of a new run (CPU): a text kind through `text_init_params`,
+    any other kind through `scene.init_params(cfg.init, generator)`."""
     if cfg.init.kind in TEXT_KINDS:
-        return text_init_params(cfg, prompt, out_dir, device, generator, prior)
+        return text_init_params(cfg, prompt, out_dir, device, generator)
     from ..scene import init_params
     return init_params(cfg.init, generator)

@@ -73,7 +73,7 @@ __all__ = [
 
 
 INIT_CLOUD = "init_points.ply"
-TEXT_KINDS = ("shap-e", "point-e", "prior-hull")
+TEXT_KINDS = ("shap-e", "point-e")
 KEY_TAG = "ism3d-init"
 # Generator frame (z up, front -y) -> scene frame (z up, front +x): +90 deg about z.
 GENERATOR_TO_SCENE = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
@@ -175,8 +175,6 @@ def cache_key(cfg: InitConfig, prompt: str, seed: int) -> dict:
            "steps": cfg.steps, "points": num_base_points(cfg), "scale": cfg.scale}
     if cfg.kind == "shap-e":
         key.update(model=cfg.model, guidance=cfg.shap_e_guidance, grid=cfg.shap_e_grid)
-    elif cfg.kind == "prior-hull":
-        pass  # the prior and the framing are not in InitConfig: text_init_params adds them
     else:
         from .point_e import MODEL_NAME
         key.update(model=MODEL_NAME, guidance=cfg.point_e_guidance)
