@@ -246,10 +246,6 @@ class TrainConfig:
     # Regulariser weights: squared TV of RGB and disparity, mean gaussian scale
     lambda_tv: float = 1.0
     lambda_scale: float = 1.0
-    # Weight of the rendered alpha's binary entropy, -(a log a + (1 - a) log(1 - a)) averaged over
-    # pixels and views: pushes every pixel to fully covered or empty (threestudio's opacity
-    # regulariser; not in the reference, so 0 = off)
-    lambda_opaque: float = 0.0
     # Probability that the normalised disparity map replaces the RGB as the guided image
     disparity_prob: float = 0.2
     # Probability that the white background is replaced (by a random colour or black, half each)
@@ -565,7 +561,7 @@ def validate(cfg: Config, latent_prior: bool | None = None) -> None:
     need(t.seed >= 0, "train.seed", "must be >= 0")
     need(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"), "train.device",
          "must be auto, cpu, cuda or cuda:N")
-    for k in ("lambda_tv", "lambda_scale", "lambda_opaque"):
+    for k in ("lambda_tv", "lambda_scale"):
         need(getattr(t, k) >= 0, f"train.{k}", "must be >= 0")
     for k in ("disparity_prob", "bg_aug_prob"):
         need(0 <= getattr(t, k) <= 1, f"train.{k}", "must be a probability in [0, 1]")

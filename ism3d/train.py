@@ -125,12 +125,6 @@ def tv_squared(img: Tensor) -> Tensor:
     return dx.square().mean() + dy.square().mean()
 
 
-def binary_entropy(alpha: Tensor, eps: float = 1e-4) -> Tensor:
-    """Mean of -(a log a + (1 - a) log(1 - a)) over [C, 1, H, W] alpha, clamped to [eps, 1 - eps]."""
-    a = alpha.clamp(eps, 1.0 - eps)
-    return -(a * a.log() + (1.0 - a) * (1.0 - a).log()).mean()
-
-
 def _peak_memory(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
@@ -272,9 +266,6 @@ def train(cfg: C.Config, prompt: str, prior, out_dir: str | Path, *, resume: boo
             }
             loss = (losses["guidance"] + t_cfg.lambda_tv * losses["tv"]
                     + t_cfg.lambda_scale * losses["scale"])
-            if t_cfg.lambda_opaque > 0:
-                losses["opaque"] = binary_entropy(out.alpha)
-                loss = loss + t_cfg.lambda_opaque * losses["opaque"]
             for o in optimizers.values():
                 o.zero_grad(set_to_none=True)
             # 7. backward (a non-finite loss only makes non-finite gradients, caught below)
