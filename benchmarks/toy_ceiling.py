@@ -3,7 +3,10 @@ the ground truth's own images fitted directly (no prior) at the `toy` preset's r
 the `toy` preset's ISM run started from the ground truth.
 
     python benchmarks/toy_ceiling.py [--device cuda] [--iters 1500] [--prompts default] [--no-fit] [--no-ism]
-                                     [--json out.json]
+                                     [--json out.json] [--prior DIR] [KEY=VALUE ...]
+
+`--prior` and the KEY=VALUE overrides (as `ism3d generate` takes them, e.g. `render.width=64
+render.height=64`) change part C's run, so that another prior's fixed points can be measured.
 
 Every row is scored exactly as `ism3d eval` scores a result (`bench.evaluate_gaussians`: the
 16-view rings at 64x64, silhouette IoU at alpha > 0.5, PSNR inside the union of the silhouettes on
@@ -116,12 +119,17 @@ def main() -> None:
     ap.add_argument("--no-fit", action="store_true", help="skip part B")
     ap.add_argument("--no-ism", action="store_true", help="skip part C")
     ap.add_argument("--json", default="")
+    ap.add_argument("--prior", default="", help="part C's prior (default: the toy preset's)")
+    ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="part C's config overrides")
     args = ap.parse_args()
     device = torch.device(args.device)
     cfg = C.preset_config("toy")
     rings = bench.Rings.from_config(cfg, 16, 64, device)
     rows: dict[str, list[tuple[float, float]]] = {}
-    cfg_c = C.apply_overrides(cfg, {"train.device": str(device)})
+    extra = dict(kv.split("=", 1) for kv in args.overrides)
+    if args.prior:
+        extra["prior.name"] = args.prior
+    cfg_c = C.apply_overrides(cfg, {"train.device": str(device), **extra})
     prior = None if args.no_ism else load_prior(cfg_c.prior, device)
     tmp = Path(tempfile.mkdtemp(prefix="toy_ceiling_"))
     t0 = time.perf_counter()
