@@ -22,7 +22,7 @@ import platform
 import re
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -121,12 +121,31 @@ def run(plan: Plan, *, prior=None, progress: bool = True, callback=None) -> dict
     result = train(cfg, plan.prompt, prior, out, resume=plan.resume, progress=progress,
                    callback=callback)
     finished = result.steps_done >= cfg.train.iters
-    notes = export_outputs(result, cfg, out, plan.device) if finished else {}
+    notes = {}
+    if finished and cfg.output.orient:
+        result, notes["orient"] = orient_result(result, cfg, plan.prompt, prior)
+    if finished:
+        notes.update(export_outputs(result, cfg, out, plan.device))
     summary = make_summary(plan, result, prior, time.perf_counter() - t_start, finished)
     summary.update(notes)
     write_text_atomic(out / "summary.json" if finished else out / "progress.json",
                       json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def orient_result(result: TrainResult, cfg: C.Config, prompt: str, prior) -> tuple[TrainResult, dict]:
+    """`output.orient`: turn the scene so that its front faces azimuth 0 (ism3d/orient.py)."""
+    from .orient import choose_turn, turn_losses, turn_params
+    from .scene import activate
+
+    cam = cfg.camera
+    losses = turn_losses(activate(result.params, result.sh_degree), prior, prompt,
+                         radius=cam.eval_radius, fovy=cam.eval_fovy, polars=cam.eval_polars,
+                         seed=cfg.train.seed)
+    turn = choose_turn(losses, cfg.output.orient_margin)
+    if turn:
+        result = replace(result, params=turn_params(result.params, turn))
+    return result, {"turn_degrees": turn, "losses": {str(k): round(v, 6) for k, v in losses.items()}}
 
 
 def export_outputs(result: TrainResult, cfg: C.Config, out: Path, device: torch.device) -> dict:

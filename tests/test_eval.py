@@ -233,6 +233,7 @@ def test_build_runs_pairs_methods_and_merges_identical_ablation_runs(tmp_path):
         assert r.name == f"{r.prompt.replace(' ', '_')}_{r.method}_s{r.seed}"
     novp = next(r for r in runs if r.method == "ism-novp")
     assert not novp.cfg.guidance.view_prompts and not novp.cfg.guidance.perp_neg
+    assert not novp.cfg.output.orient
 
 
 def _row(name, prompt, labels, iou, psnr, janus=None, status="done"):

@@ -6,8 +6,10 @@ ToyWorld objects (ism3d/toyworld/world.py) have an exact 3D ground truth, so a t
 The benchmark, numbered as in `run_bench`:
     1. runs: every prompt x method (ism, sds) x seed, at EQUAL iterations and otherwise the same
        config; with `ablation`, ISM on the asymmetric prompts also with view prompts + Perp-Neg
-       ("ism-vp") and without ("ism-novp"). Runs whose resolved config is identical are trained
-       once (e.g. "ism" and "ism-vp" when the preset already uses view prompts and Perp-Neg);
+       ("ism-vp") and without ("ism-novp", which also leaves `output.orient` off: turning the
+       result by the prior's view prompts is view information too). Runs whose resolved config
+       is identical are trained once (e.g. "ism" and "ism-vp" when the preset already uses view
+       prompts and Perp-Neg);
     2. each run is trained in-process with ONE loaded prior (`generate.run(plan, prior=...)`),
        into DIR/runs/<prompt>_<method>_s<seed>/ without turntables or meshes; a folder whose
        summary.json says done and whose config.yaml equals the run's config is reused, an
@@ -66,7 +68,7 @@ METHODS = ("ism", "sds")
 ABLATION = {
     "ism-vp": {"guidance.method": "ism", "guidance.view_prompts": True, "guidance.perp_neg": True},
     "ism-novp": {"guidance.method": "ism", "guidance.view_prompts": False,
-                 "guidance.perp_neg": False},
+                 "guidance.perp_neg": False, "output.orient": False},
 }
 # Eval runs need no turntable, mesh or training previews, and a small views.png (the user's
 # KEY=VALUE may set them back). Not tied to --size, so a new eval size reuses the trained runs.
