@@ -3,7 +3,7 @@
 The view prompts say where the front is (azimuth 0 = "front view"), but a distillation follows
 the faint front/back of its initial scene more than them (BENCHMARKS.md, ToyWorld, session 9): a
 run can end as one consistent object turned 90 or 180 degrees. A user then gets an asset that
-faces away from the default camera, and the benchmark's Janus test reads it as two-faced. The
+faces away from the default camera, and the benchmark's Janus test reads it as "flipped". The
 prior can tell which way an object faces, as a diffusion classifier: its view-conditioned
 denoising loss is lowest when each render's view prompt matches the side the render shows.
 
@@ -31,6 +31,7 @@ from torch import Tensor
 
 from .cameras import orbit_cameras
 from .export.splat_view import quat_multiply
+from .guidance.ddim import q_sample
 from .guidance.prompts import ViewPrompts
 from .render import render
 
@@ -94,8 +95,7 @@ def turn_losses(gaussians, prior, prompt: str, *, radius: float, fovy: float,
         emb = vp.positive((azs + theta).to(dev))                               # [V, L, D]
         total = 0.0
         for t, noise in pairs:
-            ab = prior.alphas_cumprod[t].to(z0.dtype)
-            x_t = ab.sqrt() * z0 + (1 - ab).sqrt() * noise                    # [V, C, h, w]
+            x_t = q_sample(z0, noise, prior.alphas_cumprod[t].to(z0.dtype))    # [V, C, h, w]
             eps = prior.eps(x_t.to(prior.dtype), torch.full((V,), t, device=dev, dtype=torch.long), emb)
             total += float(((eps.float() - noise) ** 2).mean())
         losses[theta] = total / len(pairs)
