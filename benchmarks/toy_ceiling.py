@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import tempfile
@@ -43,9 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ism3d import config as C  # noqa: E402
 from ism3d.cameras import sample_orbit  # noqa: E402
 from ism3d.eval import bench  # noqa: E402
-from ism3d.export.splat_view import quat_multiply  # noqa: E402
 from ism3d.generate import prepare, slugify  # noqa: E402
 from ism3d.generate import run as generate_run  # noqa: E402
+from ism3d.orient import turn_params  # noqa: E402
 from ism3d.ply import load_ply, save_ply  # noqa: E402
 from ism3d.priors import load_prior  # noqa: E402
 from ism3d.render import render  # noqa: E402
@@ -55,11 +54,6 @@ from ism3d.toyworld.world import make_object, parse_prompt  # noqa: E402
 from ism3d.types import Gaussians  # noqa: E402
 
 
-def yaw_quat(deg: float) -> torch.Tensor:
-    h = math.radians(deg) / 2
-    return torch.tensor([math.cos(h), 0.0, 0.0, math.sin(h)])  # (w, x, y, z) about +z
-
-
 def near_misses(g: Gaussians) -> dict[str, Gaussians]:
     out = {}
     for s in (0.97, 0.93):
@@ -67,10 +61,8 @@ def near_misses(g: Gaussians) -> dict[str, Gaussians]:
     for d in (0.03, 0.07):
         out[f"moved {d} sideways"] = replace(g, means=g.means + torch.tensor([0.0, d, 0.0], device=g.means.device))
     for deg in (5.0, 10.0):
-        q = yaw_quat(deg).to(g.means.device)
-        c, s = math.cos(math.radians(deg)), math.sin(math.radians(deg))
-        rot = torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]], device=g.means.device)
-        out[f"turned {deg:g} deg"] = replace(g, means=g.means @ rot.T, quats=quat_multiply(q.expand_as(g.quats), g.quats))
+        t = turn_params({"means": g.means, "quats": g.quats}, deg)
+        out[f"turned {deg:g} deg"] = replace(g, means=t["means"], quats=t["quats"])
     out["colours x0.9"] = replace(g, sh=rgb_to_sh0(sh0_to_rgb(g.sh[:, 0]) * 0.9)[:, None])
     return out
 
