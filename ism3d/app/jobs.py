@@ -1,8 +1,9 @@
-"""The web app's jobs, without Gradio: request -> checked plan -> one run per device, with Cancel.
+"""The web app's job manager, without Gradio: request -> checked plan -> one run per device, with Cancel.
 
 The app is built on the CLI's contract: a request becomes a `Config` exactly as `ism3d generate`
-builds one (preset < form fields < KEY=VALUE overrides), `generate.prepare()` checks it before any
-model loads, and `generate.run()` trains and exports into a run folder under the server's ROOT.
+builds one (form.py: preset < form fields < KEY=VALUE overrides), `generate.prepare()` checks it
+before any model loads, and `generate.run()` trains and exports into a run folder under the
+server's ROOT (runs.py: creating, naming and listing those folders).
 
 One job (numbered as in `JobManager._work`):
     1. wait for a free device (one job at a time per GPU; the CPU counts as one device)
@@ -12,19 +13,14 @@ One job (numbered as in `JobManager._work`):
     4. a terminal event: done (summary.json), stopped (progress.json + checkpoint, resumable) or
        error (one line; a folder this job created and left without results is removed)
 
-Safety: run folder names come from `slugify(prompt)` plus `_2`, `_3`, ... when taken (created with
-an atomic mkdir, so two jobs never share a folder and no earlier run is overwritten); a run picked
-in the UI is named by its folder name and must be a direct child of ROOT; no output path ever comes
-from a user field (the prior may be a local path: that only reads, as in the CLI).
+No output path ever comes from a user field (the prior may be a local path: that only reads, as
+in the CLI). The names of form.py and runs.py are re-exported here for existing callers.
 """
 from __future__ import annotations
 
 import json
 import logging
-import math
 import queue
-import re
-import shutil
 import threading
 import time
 import uuid
@@ -36,252 +32,18 @@ from typing import Literal
 import torch
 
 from .. import config as C
-from ..generate import MAX_PROMPT_CHARS, RunError, prepare, run, slugify
+from ..generate import RunError, prepare, run
 from ..priors import PriorError, PromptError, load_prior
-from ..train import CHECKPOINT, Progress, TrainingDiverged, load_checkpoint
+from ..train import CHECKPOINT, Progress, TrainingDiverged
+from .form import (MAX_FIELD_CHARS, MAX_OVERRIDES_CHARS, UI_MAX_PROMPT_CHARS,  # noqa: F401
+                   AppError, JobRequest, one_line, parse_overrides, request_config)
+from .runs import (RunFiles, RunInfo, _remove_if_empty, list_runs, new_run_dir,  # noqa: F401
+                   read_record, run_dir_of, run_files, saved_run)
 
 log = logging.getLogger("ism3d.app")
 
-# Prompt length cap in the UI (the CLI's is generate.MAX_PROMPT_CHARS); CLIP reads 77 tokens anyway.
-UI_MAX_PROMPT_CHARS = min(300, MAX_PROMPT_CHARS)
-# Caps of the other free-text fields.
-MAX_FIELD_CHARS = 1000
-MAX_OVERRIDES_CHARS = 4000
-
-
-class AppError(ValueError):
-    """A bad request from the UI (field value, run name): shown as one line, nothing is started."""
-
-
 # Errors a user can cause; shown as their one-line message (anything else is an internal error).
 USER_ERRORS = (AppError, C.ConfigError, RunError, PriorError, PromptError, TrainingDiverged)
-
-
-def one_line(e: BaseException) -> str:
-    """The first line of an exception's message (or its type name when it has none)."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-# --------------------------------------------------------------------------------------------
-# Requests -> Config
-# --------------------------------------------------------------------------------------------
-@dataclass
-class JobRequest:
-    """What the form sends. None (or "" for text) means "the preset's value"."""
-    prompt: str
-    preset: str = C.DEFAULT_PRESET
-    negative: str | None = None
-    prior: str | None = None
-    guidance: str | None = None
-    scale: float | None = None
-    seed: int | float | None = None
-    iters: int | float | None = None
-    preview_every: int | float | None = None
-    # KEY=VALUE config overrides, one or more per line (`ism3d generate --help-config` lists keys)
-    overrides: str = ""
-
-
-_NEXT_KEY = re.compile(r"\s+(?=[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*=)")
-
-
-def parse_overrides(text: str) -> dict[str, str]:
-    """KEY=VALUE items, one or several per line (a value may hold spaces: a new item starts only
-    at `section.key=`); blank lines and lines starting with # are skipped. Raises ConfigError."""
-    items: list[str] = []
-    for line in (text or "").splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            items.extend(_NEXT_KEY.split(line))
-    return C.parse_override_strings(items)
-
-
-def _text(name: str, value, limit: int) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise AppError(f"{name} must be text, got {type(value).__name__}")
-    if "\x00" in value:
-        raise AppError(f"{name} contains a NUL character; remove it")
-    if len(value) > limit:
-        raise AppError(f"{name} is {len(value)} characters long; the limit is {limit}")
-    return value
-
-
-def _whole(name: str, value) -> int | None:
-    if value is None or value == "":
-        return None
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        raise AppError(f"{name} must be a whole number, got {value!r}") from None
-    if not math.isfinite(f) or not f.is_integer():
-        raise AppError(f"{name} must be a whole number, got {value!r}")
-    return int(f)
-
-
-def request_config(req: JobRequest) -> tuple[C.Config, str]:
-    """Build the run's config from a form request: preset < fields < overrides (as the CLI).
-
-    Args:
-        req: the form values.
-    Returns:
-        (cfg, preset). Values are checked later by `generate.prepare` (C.validate).
-    Raises:
-        AppError: empty or too long prompt, unknown preset, a field of the wrong kind.
-        ConfigError: a bad override (unknown key, wrong type).
-    """
-    # 1. prompt: non-empty, capped
-    prompt = _text("the prompt", req.prompt, UI_MAX_PROMPT_CHARS).strip()
-    if not prompt:
-        raise AppError("the prompt is empty: type what to make, e.g. \"a red cube\"")
-    # 2. preset
-    if req.preset not in C.PRESETS:
-        raise AppError(f"unknown preset {req.preset!r}: choose one of {', '.join(C.PRESETS)}")
-    cfg = C.preset_config(req.preset)
-    # 3. form fields (empty = the preset's value)
-    prior = _text("the prior", req.prior, MAX_FIELD_CHARS).strip()
-    negative = req.negative if req.negative is None else _text("the negative prompt",
-                                                               req.negative, MAX_FIELD_CHARS)
-    if req.guidance not in (None, "", "ism", "sds"):
-        raise AppError(f"guidance must be ism or sds, got {req.guidance!r}")
-    scale = None
-    if req.scale not in (None, ""):
-        try:
-            scale = float(req.scale)
-        except (TypeError, ValueError):
-            raise AppError(f"the guidance scale must be a number, got {req.scale!r}") from None
-    flags = {"prior.name": prior or None, "guidance.method": req.guidance or None,
-             "guidance.scale": scale, "guidance.negative_prompt": negative,
-             "train.seed": _whole("the seed", req.seed), "train.iters": _whole("iterations", req.iters),
-             "train.preview_every": _whole("preview every", req.preview_every)}
-    cfg = C.apply_overrides(cfg, {k: v for k, v in flags.items() if v is not None})
-    # 4. KEY=VALUE overrides win
-    overrides = _text("the overrides", req.overrides, MAX_OVERRIDES_CHARS)
-    cfg = C.apply_overrides(cfg, parse_overrides(overrides))
-    return cfg, req.preset
-
-
-# --------------------------------------------------------------------------------------------
-# Run folders under ROOT
-# --------------------------------------------------------------------------------------------
-def new_run_dir(root: str | Path, prompt: str) -> Path:
-    """Create and return an empty folder ROOT/<slug> for a new run: `slugify(prompt)`, then
-    `<slug>_2`, `<slug>_3`, ... if taken. mkdir is atomic, so concurrent jobs get distinct folders
-    and an existing run is never reused or overwritten."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    base = slugify(prompt)
-    for k in range(1, 10_000):
-        path = root / (base if k == 1 else f"{base}_{k}")
-        try:
-            path.mkdir()
-        except FileExistsError:
-            continue
-        return path
-    raise AppError(f"{root} holds too many runs named {base}_*; choose another output root")
-
-
-def run_dir_of(root: str | Path, name: str) -> Path:
-    """The folder of the run called `name` (a folder name picked in the UI), checked to be a real,
-    direct child of ROOT: no separators, no '..', no symlink out of ROOT. Raises AppError."""
-    if (not isinstance(name, str) or not name or name in (".", "..")
-            or any(c in name for c in "/\\\x00")):
-        raise AppError(f"{name!r} is not a run name: pick a run from the gallery")
-    root = Path(root).resolve()
-    path = root / name
-    if path.is_symlink() or not path.is_dir() or path.resolve().parent != root:
-        raise AppError(f"there is no run {name!r} in {root}: pick a run from the gallery")
-    return path
-
-
-@dataclass
-class RunFiles:
-    """The outputs a run folder holds (None where missing)."""
-    ply: Path | None
-    glb: Path | None
-    mp4: Path | None
-    gif: Path | None
-    views: Path | None
-    summary: Path | None
-    progress: Path | None
-    checkpoint: Path | None
-    preview: Path | None          # the newest training preview
-
-
-def run_files(run_dir: str | Path) -> RunFiles:
-    d = Path(run_dir)
-
-    def f(rel: str) -> Path | None:
-        p = d / rel
-        return p if p.is_file() else None
-
-    previews = sorted((d / "previews").glob("step_*.png")) if (d / "previews").is_dir() else []
-    return RunFiles(ply=f("gaussians.ply"), glb=f("mesh.glb"), mp4=f("turntable.mp4"),
-                    gif=f("turntable.gif"), views=f("views.png"), summary=f("summary.json"),
-                    progress=f("progress.json"), checkpoint=f(CHECKPOINT),
-                    preview=previews[-1] if previews else None)
-
-
-def read_record(run_dir: str | Path) -> dict | None:
-    """summary.json (a finished run) or else progress.json (a stopped one), or None."""
-    for name in ("summary.json", "progress.json"):
-        p = Path(run_dir) / name
-        if p.is_file():
-            try:
-                data = json.loads(p.read_text())
-            except (OSError, ValueError):
-                continue
-            if isinstance(data, dict):
-                data.setdefault("status", "done" if name == "summary.json" else "stopped")
-                return data
-    return None
-
-
-@dataclass
-class RunInfo:
-    """One gallery entry."""
-    name: str
-    path: Path
-    prompt: str
-    status: str                   # done | stopped | running
-    step: int
-    total: int
-    updated: float                # seconds since the epoch (the record's mtime)
-    image: Path | None            # views.png, else the newest preview
-
-
-def list_runs(root: str | Path, active: dict[str, str] | None = None) -> list[RunInfo]:
-    """Runs under ROOT with a summary.json or progress.json, plus the `active` ones ({folder name:
-    prompt}, shown as running), newest first."""
-    root, active = Path(root), active or {}
-    if not root.is_dir():
-        return []
-    runs = []
-    for d in root.iterdir():
-        if d.is_symlink() or not d.is_dir():
-            continue
-        rec = read_record(d)
-        if rec is None and d.name not in active:
-            continue
-        rec = rec or {}
-        files = run_files(d)
-        stamp = files.summary or files.progress or d
-        runs.append(RunInfo(
-            name=d.name, path=d, prompt=str(rec.get("prompt", active.get(d.name, d.name))),
-            status="running" if d.name in active else str(rec.get("status", "stopped")),
-            step=int(rec.get("iterations", 0) or 0),
-            total=int(rec.get("iterations_planned", 0) or 0),
-            updated=stamp.stat().st_mtime, image=files.views or files.preview))
-    runs.sort(key=lambda r: (r.status == "running", r.updated, r.name), reverse=True)
-    return runs
-
-
-def _remove_if_empty(run_dir: Path) -> None:
-    """Remove a folder this app created if it holds no result (only config.yaml or nothing)."""
-    if run_dir.is_dir() and not any(p.is_file() and p.name != "config.yaml"
-                                    for p in run_dir.rglob("*")):
-        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -646,18 +408,3 @@ class JobManager:
             with self._lock:
                 self._jobs.pop(job.id, None)
             job.events.put(final)       # last: the device is free when the UI hears the end
-
-
-def saved_run(run_dir: Path) -> tuple[str, C.Config, str]:
-    """(prompt, config, preset) of a stopped run, for resuming it. Raises AppError/ConfigError."""
-    if (run_dir / "summary.json").is_file():
-        raise AppError(f"run {run_dir.name!r} is finished: there is nothing to resume")
-    ckpt = run_dir / CHECKPOINT
-    if not ckpt.is_file():
-        raise AppError(f"run {run_dir.name!r} has no checkpoint to resume from")
-    cfg = C.load_config_file(run_dir / "config.yaml")
-    rec = read_record(run_dir) or {}
-    prompt = rec.get("prompt")
-    if not isinstance(prompt, str):
-        prompt = load_checkpoint(ckpt)["prompt"]
-    return prompt, cfg, str(rec.get("preset", "custom"))

@@ -31,9 +31,10 @@ import gradio as gr
 
 from .. import config as C
 from ..export.splat_view import viewer_ply
-from .jobs import (MAX_FIELD_CHARS, MAX_OVERRIDES_CHARS, TERMINAL, UI_MAX_PROMPT_CHARS,
-                   AppError, JobEvent, JobManager, JobRequest, one_line, run_dir_of, run_files,
-                   read_record, status_text)
+from .form import (MAX_FIELD_CHARS, MAX_OVERRIDES_CHARS, UI_MAX_PROMPT_CHARS, AppError, JobRequest,
+                   one_line)
+from .jobs import TERMINAL, JobEvent, JobManager, status_text
+from .runs import read_record, run_dir_of, run_files
 
 log = logging.getLogger("ism3d.app")
 
