@@ -29,7 +29,15 @@ outputs (in --out, default outputs/<prompt>):
   gaussians.ply  turntable.mp4  turntable.gif  views.png  mesh.glb  config.yaml  summary.json
   checkpoints/  previews/
 
-exit codes: 0 done, 1 run failed, 2 bad input (nothing written), 130 interrupted (resumable)
+run folders:
+  One process writes a folder at a time (a lock the system drops when that process dies): a
+  second --resume or --force on a folder in use exits 2 naming the live process. --resume
+  continues from checkpoints/last.pt (prev.pt, the one before it, if last.pt is damaged), or
+  from step 0 if the run was stopped before its first checkpoint. Checkpoints are read as data
+  only: a file that would run code when loaded is refused.
+
+exit codes: 0 done, 1 run failed (diverged, disk full: resumable), 2 bad input (nothing
+written), 130 interrupted (resumable)
 """
 
 
@@ -286,6 +294,12 @@ def cmd_generate(args) -> int:
         return _fail(str(e))
     except TrainingDiverged as e:
         return _fail(str(e), code=1)
+    except OSError as e:
+        # disk full, folder gone read-only...: the last checkpoint and outputs are intact
+        _cleanup_empty(plan.out_dir, out_existed)
+        line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return _fail(f"{line}; the last checkpoint is kept: free space (or fix the folder), then "
+                     f"continue with --resume", code=1)
     except KeyboardInterrupt:
         return _fail("aborted", code=130)
     finally:
@@ -319,9 +333,10 @@ def _quote(s: str) -> str:
 
 def _cleanup_empty(out: Path, existed: bool) -> None:
     """Remove a run folder this invocation created if it failed before writing any result."""
+    from .runlock import LOCK_FILE
     if existed or not out.is_dir():
         return
-    keep = [p for p in out.rglob("*") if p.is_file() and p.name != "config.yaml"]
+    keep = [p for p in out.rglob("*") if p.is_file() and p.name not in ("config.yaml", LOCK_FILE)]
     if not keep:
         shutil.rmtree(out, ignore_errors=True)
 

@@ -6,13 +6,18 @@ A run folder holds:
     views.png          8 ring views in a 4x2 grid
     config.yaml        the fully resolved config (`--config DIR/config.yaml` reproduces the run)
     summary.json       prompt, seed, timings, memory, counts, versions (see `summary()`)
-    checkpoints/       last.pt (resumable)
+    checkpoints/       last.pt (resumable) and prev.pt (the one before it)
+    .ism3d.lock        the run lock (ism3d/runlock.py): held by the live process writing here
     previews/          training previews
 
 Order of work: everything that can be checked cheaply (config values, prompt, prior name, device,
 output folder) is checked by `prepare()` BEFORE any model is loaded; only then `run()` loads the
 prior and trains. Every file is written to a temporary name and renamed, so a failed or cancelled
 run never leaves a half-written output and never destroys one from an earlier run.
+
+One process writes a run folder at a time: `prepare()` takes the folder's lock (an flock the
+kernel drops when the process dies) and `run()` releases it when it returns or fails; a second
+run asking for a locked folder gets one line naming the live process (RunError, exit 2).
 """
 from __future__ import annotations
 
@@ -22,15 +27,16 @@ import platform
 import re
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from . import __version__
 from . import config as C
-from .atomic import ensure_writable_dir, write_text_atomic
-from .train import CHECKPOINT, TrainResult, load_checkpoint, resolve_device, train
+from .atomic import ensure_writable_dir, remove_stale_temps, write_text_atomic
+from .runlock import LOCK_FILE, RunBusy, RunLock, lock_run_dir
+from .train import TrainResult, load_resume_checkpoint, resolve_device, train
 
 MAX_PROMPT_CHARS = 1000
 
@@ -48,6 +54,14 @@ class Plan:
     out_dir: Path
     resume: bool
     device: torch.device
+    # the run folder's lock, held from prepare() until run() ends (None: released)
+    lock: RunLock | None = field(default=None, repr=False, compare=False)
+
+    def release(self) -> None:
+        """Release the run folder's lock (run() does; call it if run() will not be called)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
 
 def slugify(prompt: str, max_len: int = 60) -> str:
@@ -79,32 +93,98 @@ def prepare(prompt: str, *, cfg: C.Config, preset: str, out_dir: str | Path | No
     out = Path(out_dir) if out_dir is not None else Path(out_root) / slugify(prompt)
     if out.exists() and not out.is_dir():
         raise RunError(f"output path {out} exists and is not a folder")
-    if resume:
-        ckpt = out / CHECKPOINT
-        if not ckpt.is_file():
-            raise RunError(f"--resume: no checkpoint at {ckpt}")
-        saved = load_checkpoint(ckpt)
-        if saved["prompt"] != prompt:
-            raise RunError(f"--resume: {out} holds a run for {saved['prompt']!r}, not {prompt!r}")
-        saved_cfg = C.from_dict(saved["config"])
-        if C.to_dict(saved_cfg) != C.to_dict(cfg):
-            diff = [f"{s}.{k}" for s, sec in C.to_dict(cfg).items() for k, v in sec.items()
-                    if C.to_dict(saved_cfg)[s][k] != v]
-            raise RunError(f"--resume: the config differs from the saved run in {', '.join(diff)}; "
-                           f"resume with --config {out / 'config.yaml'}")
-    elif out.exists() and any(out.iterdir()) and not force:
-        raise RunError(f"output folder {out} already holds a run: use --resume to continue it, "
-                       "--force to replace it, or --out to choose another folder")
-    # Can we write there? Create it now (empty) and probe.
+    # A live run in the folder? (its lock, taken now and held until run() ends)
+    had_lock_file = (out / LOCK_FILE).exists()
+    lock = _lock(out) if out.is_dir() else None
     try:
-        ensure_writable_dir(out)
+        resume = _check_folder(out, prompt, cfg, resume=resume, force=force)
+        # Can we write there? Create it now (empty) and probe.
+        try:
+            ensure_writable_dir(out)
+        except OSError as e:
+            raise RunError(f"cannot write to output folder {out}: {e.strerror or e}") from None
+        lock = lock or _lock(out)
+        remove_stale_temps(out)             # what killed writers left (no live writer: locked)
+    except BaseException:
+        if lock is not None:
+            if not had_lock_file:           # bad input leaves the folder as it was
+                (out / LOCK_FILE).unlink(missing_ok=True)
+            lock.release()
+        raise
+    return Plan(prompt=prompt, cfg=cfg, preset=preset, out_dir=out, resume=resume, device=device,
+                lock=lock)
+
+
+def _lock(out: Path) -> RunLock:
+    try:
+        return lock_run_dir(out)
+    except RunBusy as e:
+        raise RunError(str(e)) from None
     except OSError as e:
         raise RunError(f"cannot write to output folder {out}: {e.strerror or e}") from None
-    return Plan(prompt=prompt, cfg=cfg, preset=preset, out_dir=out, resume=resume, device=device)
+
+
+def _run_entries(out: Path) -> list[str]:
+    """The names in `out` that belong to a run: not the lock, not killed writers' temporary
+    files, not a write probe."""
+    if not out.is_dir():
+        return []
+    return sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE
+                  and not (p.name.startswith(".") and ".tmp" in p.name)
+                  and not p.name.startswith(".write-test."))
+
+
+def _check_folder(out: Path, prompt: str, cfg: C.Config, *, resume: bool, force: bool) -> bool:
+    """Check that the run may go into `out` (the caller holds its lock if it exists). Returns
+    whether to resume from a checkpoint: --resume on a folder whose run was stopped before its
+    first checkpoint starts again from step 0 (with a warning). Raises RunError/CheckpointError."""
+    if not resume:
+        if _run_entries(out) and not force:
+            raise RunError(f"output folder {out} already holds a run: use --resume to continue "
+                           "it, --force to replace it, or --out to choose another folder")
+        return False
+    if not out.is_dir():
+        raise RunError(f"--resume: there is no run in {out} (no such folder)")
+    saved, note = load_resume_checkpoint(out)     # CheckpointError: one line, exit 2
+    saved_cfg = C.from_dict(saved["config"]) if saved is not None else None
+    if saved is None:
+        # killed before its first checkpoint: only its config.yaml (and previews) may be there
+        extra = [n for n in _run_entries(out) if n not in
+                 ("config.yaml", "checkpoints", "previews", "init_points.ply")]
+        if extra:
+            raise RunError(f"--resume: no checkpoint in {out / 'checkpoints'} but the folder holds "
+                           f"{extra[0]}: use --force to start the run again")
+        if (out / "config.yaml").is_file():
+            saved_cfg = C.load_config_file(out / "config.yaml")
+    elif saved["prompt"] != prompt:
+        raise RunError(f"--resume: {out} holds a run for {saved['prompt']!r}, not {prompt!r}")
+    if saved_cfg is not None and C.to_dict(saved_cfg) != C.to_dict(cfg):
+        diff = [f"{s}.{k}" for s, sec in C.to_dict(cfg).items() for k, v in sec.items()
+                if C.to_dict(saved_cfg)[s][k] != v]
+        raise RunError(f"--resume: the config differs from the saved run in {', '.join(diff)}; "
+                       f"resume with --config {out / 'config.yaml'}")
+    if saved is None:
+        warnings.warn(f"--resume: {out} holds no checkpoint yet (the run was stopped before its "
+                      "first one): starting it from step 0", stacklevel=2)
+        return False
+    if note:
+        warnings.warn(note, stacklevel=2)
+    return True
+
+
+
 
 
 def run(plan: Plan, *, prior=None, progress: bool = True, callback=None) -> dict:
-    """Load the prior (unless given), train, export everything. Returns the summary dict."""
+    """Load the prior (unless given), train, export everything. Returns the summary dict.
+    Releases the run folder's lock (taken by prepare) when it returns or raises."""
+    try:
+        return _run(plan, prior=prior, progress=progress, callback=callback)
+    finally:
+        plan.release()
+
+
+def _run(plan: Plan, *, prior, progress: bool, callback) -> dict:
     from .priors import load_prior
 
     cfg, out = plan.cfg, plan.out_dir

@@ -19,7 +19,13 @@ identical on the CPU; tests/test_cli.py checks it).
 """
 from __future__ import annotations
 
+import errno
+import io
+import os
+import pickle
+import re
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -29,7 +35,7 @@ from torch import Tensor
 
 from . import config as C
 from . import profiling
-from .atomic import atomic_write
+from .atomic import atomic_write, keep_copy
 from .cameras import eval_ring, sample_orbit
 from .guidance import make_guidance
 from .guidance.schedule import warm as warm_of_step
@@ -41,6 +47,8 @@ from .schedules import lr_for_step, make_optimizers, set_lrs
 from .strategy import DensifyStrategy
 
 CHECKPOINT = "checkpoints/last.pt"
+PREV_NAME = "prev.pt"
+PREV_CHECKPOINT = f"checkpoints/{PREV_NAME}"
 
 
 class TrainingDiverged(RuntimeError):
@@ -138,10 +146,33 @@ def _peak_memory(device: torch.device) -> int:
 # --------------------------------------------------------------------------------------------
 # Checkpoints
 # --------------------------------------------------------------------------------------------
+# A checkpoint holds only tensors and plain data (dicts, lists, tuples, str, numbers, bool, None),
+# so it is read with `torch.load(weights_only=True)`: a crafted file that would run code when
+# unpickled is refused (`UnsafeCheckpoint`), never executed. Each write goes to a temporary name
+# and is renamed over last.pt; the checkpoint it replaces is kept as prev.pt first (a hard link,
+# atomic), so a last.pt that is later found truncated or corrupt still leaves one to resume from.
+CHECKPOINT_KEYS = {"format": str, "config": dict, "prompt": str, "step": int, "params": dict,
+                   "optimizers": dict, "strategy_state": dict, "rng": torch.Tensor,
+                   "torch_rng": torch.Tensor, "nonfinite_steps": int}
+
+
+class CheckpointError(C.ConfigError):
+    """A checkpoint that cannot be used (unreadable, truncated, not ours): one line, exit 2."""
+
+
+class UnsafeCheckpoint(CheckpointError):
+    """A checkpoint whose pickle would import or call code: refused, nothing of it is run."""
+
+
 def save_checkpoint(path: Path, *, cfg: C.Config, prompt: str, step: int, params, optimizers,
                     strategy_state: dict, gen: torch.Generator, nonfinite: int,
                     elapsed: float) -> None:
-    atomic_write(path, lambda tmp: torch.save({
+    """Write the run's whole state to `path` (atomically), keeping the one it replaces as prev.pt.
+
+    Raises WriteError (an OSError) if the disk is full or unwritable: last.pt and prev.pt are then
+    as they were."""
+    buf = io.BytesIO()
+    torch.save({
         "format": "ism3d-checkpoint-1",
         "config": C.to_dict(cfg),
         "prompt": prompt,
@@ -154,17 +185,87 @@ def save_checkpoint(path: Path, *, cfg: C.Config, prompt: str, step: int, params
         "torch_rng": torch.get_rng_state(),
         "nonfinite_steps": nonfinite,
         "elapsed_seconds": elapsed,
-    }, tmp))
+    }, buf)
+    path = Path(path)
+
+    def write(tmp: str) -> None:
+        # 1. the new state, complete and on disk   2. the current last.pt becomes prev.pt
+        # 3. (atomic_write) the new file is renamed over last.pt
+        _write_bytes(tmp, buf.getbuffer())
+        if path.is_file():
+            keep_copy(path, path.with_name(PREV_NAME))
+    atomic_write(path, write)
+
+
+def _write_bytes(path: str, data) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def load_checkpoint(path: Path) -> dict:
+    """Read a checkpoint without running any code from it. Raises CheckpointError (one line):
+    UnsafeCheckpoint if its pickle names code, CheckpointError if it is unreadable or not ours."""
+    path = Path(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001
-        raise C.ConfigError(f"cannot read checkpoint {path}: {e}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")     # torch's notes on odd pickle protocols
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        code = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if code or "global" in str(e).lower():
+            raise UnsafeCheckpoint(
+                f"refusing checkpoint {path}: loading it would run code "
+                f"({code.group(1) if code else 'a pickled object'}), and ism3d checkpoints hold "
+                "only tensors and plain data; delete it (or --force a new run)") from None
+        raise CheckpointError(f"checkpoint {path} is unreadable (corrupt or not a checkpoint)") from None
+    except (RuntimeError, EOFError, ValueError) as e:
+        why = "empty" if isinstance(e, EOFError) else "truncated or corrupt"
+        raise CheckpointError(f"checkpoint {path} is unreadable ({why})") from None
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.EACCES, errno.EISDIR, errno.EIO):
+            raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+        # torch reports some truncations as EINVAL
+        raise CheckpointError(f"checkpoint {path} is unreadable (truncated or corrupt)") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != "ism3d-checkpoint-1":
-        raise C.ConfigError(f"{path} is not an ism3d checkpoint")
+        raise CheckpointError(f"{path} is not an ism3d checkpoint")
+    bad = [k for k, t in CHECKPOINT_KEYS.items() if not isinstance(ckpt.get(k), t)]
+    if bad:
+        raise CheckpointError(f"checkpoint {path} is incomplete (bad or missing {', '.join(bad)})")
     return ckpt
+
+
+def load_resume_checkpoint(out_dir: str | Path) -> tuple[dict | None, str | None]:
+    """The checkpoint to resume the run in `out_dir` from: last.pt, or prev.pt when last.pt is
+    missing or unreadable. Returns (checkpoint or None if the folder has neither, a warning line
+    or None). Raises CheckpointError: an unsafe file, or no readable checkpoint at all."""
+    last, prev = Path(out_dir) / CHECKPOINT, Path(out_dir) / PREV_CHECKPOINT
+    if last.is_file():
+        try:
+            return load_checkpoint(last), None
+        except UnsafeCheckpoint:
+            raise
+        except CheckpointError as e:
+            if not prev.is_file():
+                raise
+            try:
+                ckpt = load_checkpoint(prev)
+            except UnsafeCheckpoint:
+                raise
+            except CheckpointError:
+                raise CheckpointError(f"{e}; {prev} is unusable too: start again with --force") \
+                    from None
+            return ckpt, f"{e}: resuming from the one before it, {prev} (step {ckpt['step']})"
+    if prev.is_file():
+        ckpt = load_checkpoint(prev)
+        return ckpt, f"{last} is missing: resuming from {prev} (step {ckpt['step']})"
+    return None, None
+
+
+def has_checkpoint(out_dir: str | Path) -> bool:
+    """Whether the run folder holds a checkpoint file (last.pt or prev.pt) to resume from."""
+    return any((Path(out_dir) / c).is_file() for c in (CHECKPOINT, PREV_CHECKPOINT))
 
 
 # --------------------------------------------------------------------------------------------
@@ -180,7 +281,7 @@ def train(cfg: C.Config, prompt: str, prior, out_dir: str | Path, *, resume: boo
         prompt: the text prompt (already checked by `prior.check_prompt`).
         prior: a loaded `DiffusionPrior` (ism3d.priors), on the training device.
         out_dir: the run folder; `checkpoints/last.pt` and `previews/` are written here.
-        resume: continue from `out_dir/checkpoints/last.pt`.
+        resume: continue from `out_dir/checkpoints/last.pt` (prev.pt if last.pt is unreadable).
         progress: show a tqdm bar.
         callback: called with a `Progress` after every step; returning True stops the run early
             (a checkpoint is written first, so it can be resumed). The CLI's Ctrl-C handler and the
@@ -204,7 +305,9 @@ def train(cfg: C.Config, prompt: str, prior, out_dir: str | Path, *, resume: boo
                 and cfg.guidance.reduce == "mean"), seed=t_cfg.seed)
     ckpt_path = out_dir / CHECKPOINT
     if resume:
-        ckpt = load_checkpoint(ckpt_path)
+        ckpt, _ = load_resume_checkpoint(out_dir)      # last.pt, else prev.pt (prepare() warned)
+        if ckpt is None:
+            raise CheckpointError(f"no checkpoint to resume from in {out_dir / 'checkpoints'}")
         params = torch.nn.ParameterDict(
             {k: torch.nn.Parameter(v.to(device)) for k, v in ckpt["params"].items()})
         optimizers = make_optimizers(params, cfg.optim)

@@ -34,7 +34,8 @@ import torch
 from .. import config as C
 from ..generate import RunError, prepare, run
 from ..priors import PriorError, PromptError, load_prior
-from ..train import CHECKPOINT, Progress, TrainingDiverged
+from ..atomic import WriteError
+from ..train import Progress, TrainingDiverged, has_checkpoint
 from .form import (MAX_FIELD_CHARS, MAX_OVERRIDES_CHARS, UI_MAX_PROMPT_CHARS,  # noqa: F401
                    AppError, JobRequest, one_line, parse_overrides, request_config)
 from .runs import (RunFiles, RunInfo, _remove_if_empty, list_runs, new_run_dir,  # noqa: F401
@@ -43,7 +44,8 @@ from .runs import (RunFiles, RunInfo, _remove_if_empty, list_runs, new_run_dir, 
 log = logging.getLogger("ism3d.app")
 
 # Errors a user can cause; shown as their one-line message (anything else is an internal error).
-USER_ERRORS = (AppError, C.ConfigError, RunError, PriorError, PromptError, TrainingDiverged)
+USER_ERRORS = (AppError, C.ConfigError, RunError, PriorError, PromptError, TrainingDiverged,
+               WriteError)
 
 
 # --------------------------------------------------------------------------------------------
@@ -106,7 +108,7 @@ class JobEvent:
     @property
     def resumable(self) -> bool:
         return (self.kind == "stopped" and self.run_dir is not None
-                and (self.run_dir / CHECKPOINT).is_file())
+                and has_checkpoint(self.run_dir))
 
 
 def status_text(ev: JobEvent) -> str:
@@ -403,6 +405,7 @@ class JobManager:
             final = JobEvent("error", job.run_dir if job.run_dir.is_dir() else None,
                              message=f"internal error ({type(e).__name__}): {one_line(e)}")
         finally:
+            plan.release()              # the run folder's lock (run() released it if it ran)
             if dev is not None:
                 self._pool.put(dev)
             with self._lock:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from .. import config as C
 from ..generate import slugify
-from ..train import CHECKPOINT, load_checkpoint
+from ..runlock import LOCK_FILE
+from ..train import CHECKPOINT, has_checkpoint, load_resume_checkpoint
 from .form import AppError
 
 def new_run_dir(root: str | Path, prompt: str) -> Path:
@@ -129,8 +130,9 @@ def list_runs(root: str | Path, active: dict[str, str] | None = None) -> list[Ru
 
 
 def _remove_if_empty(run_dir: Path) -> None:
-    """Remove a folder this app created if it holds no result (only config.yaml or nothing)."""
-    if run_dir.is_dir() and not any(p.is_file() and p.name != "config.yaml"
+    """Remove a folder this app created if it holds no result (only config.yaml, the run lock
+    or nothing)."""
+    if run_dir.is_dir() and not any(p.is_file() and p.name not in ("config.yaml", LOCK_FILE)
                                     for p in run_dir.rglob("*")):
         shutil.rmtree(run_dir, ignore_errors=True)
 
@@ -139,12 +141,12 @@ def saved_run(run_dir: Path) -> tuple[str, C.Config, str]:
     """(prompt, config, preset) of a stopped run, for resuming it. Raises AppError/ConfigError."""
     if (run_dir / "summary.json").is_file():
         raise AppError(f"run {run_dir.name!r} is finished: there is nothing to resume")
-    ckpt = run_dir / CHECKPOINT
-    if not ckpt.is_file():
+    if not has_checkpoint(run_dir):
         raise AppError(f"run {run_dir.name!r} has no checkpoint to resume from")
     cfg = C.load_config_file(run_dir / "config.yaml")
     rec = read_record(run_dir) or {}
     prompt = rec.get("prompt")
     if not isinstance(prompt, str):
-        prompt = load_checkpoint(ckpt)["prompt"]
+        ckpt, _ = load_resume_checkpoint(run_dir)     # data only; CheckpointError: one line
+        prompt = ckpt["prompt"] if ckpt is not None else ""
     return prompt, cfg, str(rec.get("preset", "custom"))

@@ -7,7 +7,9 @@
        orphaned by a killed driver, still writing its last checkpoint) waits instead of racing;
     3. decides what the run folder needs: a finished run with this prompt and config is returned
        as it is (never touched); a checkpoint means resume; anything else starts from scratch;
-    4. `generate.prepare` + `generate.run`, logging progress every 5% of the steps and stopping
+    4. `generate.prepare` (which takes the run folder's own lock, ism3d/runlock.py: a folder that
+       a live `ism3d generate` or web app job writes fails this job with one line naming it)
+       + `generate.run`, logging progress every 5% of the steps and stopping
        (with a checkpoint) when asked: ROOT/.batch/STOP exists or `should_stop()` says so;
     5. returns a result dict; it never raises for a failed run (status "failed", one error line,
        the traceback in the log).
@@ -81,7 +83,7 @@ def _execute(job: dict, root: Path, cpus: int, stop: Callable[[], bool]) -> dict
     import torch
 
     from ..generate import prepare, run
-    from ..train import CHECKPOINT
+    from ..train import has_checkpoint
 
     torch.set_num_threads(max(1, cpus))
     cfg = C.from_dict(job["config"])
@@ -97,13 +99,14 @@ def _execute(job: dict, root: Path, cpus: int, stop: Callable[[], bool]) -> dict
     if stop():  # asked to stop before this job began: leave it for the next invocation
         print("not started: the batch is stopping", flush=True)
         return {"status": "pending"}
-    resume = (out / CHECKPOINT).is_file() and _same_config(out, cfg) \
+    resume = has_checkpoint(out) and _same_config(out, cfg) \
         and _recorded_prompt(out) in (None, job["prompt"])
-    if not resume:
-        for name in ("summary.json", "progress.json"):
-            (out / name).unlink(missing_ok=True)
+    # prepare() takes the run folder's lock: a folder another live process writes fails the job
     plan = prepare(job["prompt"], cfg=cfg, preset=job["preset"], out_dir=out, resume=resume,
                    force=not resume)
+    if not plan.resume:
+        for name in ("summary.json", "progress.json"):
+            (out / name).unlink(missing_ok=True)
     first: dict = {}
     every = max(1, cfg.train.iters // 20)
 

@@ -35,12 +35,21 @@ RESULT_KEYS = ("wall_seconds", "peak_memory_bytes", "iterations", "iterations_pl
 def check_existing(jobs: list[JobSpec], root: Path, prompts_file: str, *,
                    replace: bool = False) -> None:
     """Raise BatchError "FILE:LINE: ..." for the first job whose run folder holds a run of
-    another config or prompt, unless `replace` (then that job starts it again from scratch)."""
+    another config or prompt, unless `replace` (then that job starts it again from scratch);
+    with `replace`, also for a folder that a live process writes (its run lock is held)."""
     import json
+
+    from ..runlock import lock_holder
 
     for job in jobs:
         out = Path(root) / job.run
-        if replace or not out.is_dir():
+        if not out.is_dir():
+            continue
+        holder = lock_holder(out) if replace else None
+        if holder:
+            raise BatchError(f"{prompts_file}:{job.line}: {out} is in use by a running ism3d "
+                             f"process ({holder}): --force cannot replace it while it runs")
+        if replace:
             continue
         why = None
         if (out / "config.yaml").is_file():
