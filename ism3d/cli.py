@@ -240,21 +240,8 @@ def build_config(args) -> tuple[C.Config, str]:
 
 
 def _read_yaml(path: str) -> dict:
-    import yaml
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise C.ConfigError(f"cannot read --config {path}: {e.strerror or e}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        first = str(e).splitlines()[0] if str(e) else "syntax error"
-        raise C.ConfigError(f"--config {path} is not valid YAML: {first}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise C.ConfigError(f"--config {path} must hold a mapping of sections")
-    return data
+    from .safeyaml import load_yaml
+    return load_yaml(path, "--config")
 
 
 def _fail(msg: str, code: int = 2) -> int:
@@ -291,6 +278,9 @@ def cmd_generate(args) -> int:
         summary = run(plan, progress=not args.quiet, callback=lambda p: stop["flag"])
     except (PriorError, PromptError, C.ConfigError, RunError) as e:
         _cleanup_empty(plan.out_dir, out_existed)
+        if plan.lock_file_created and not (plan.out_dir / "config.yaml").is_file():
+            from .runlock import LOCK_FILE
+            (plan.out_dir / LOCK_FILE).unlink(missing_ok=True)    # bad input writes nothing
         return _fail(str(e))
     except TrainingDiverged as e:
         return _fail(str(e), code=1)

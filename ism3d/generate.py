@@ -22,10 +22,12 @@ run asking for a locked folder gets one line naming the live process (RunError, 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import re
 import time
+import unicodedata
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,9 +38,15 @@ from . import __version__
 from . import config as C
 from .atomic import ensure_writable_dir, remove_stale_temps, write_text_atomic
 from .runlock import LOCK_FILE, RunBusy, RunLock, lock_run_dir
+from .safeyaml import load_config_file
 from .train import TrainResult, load_resume_checkpoint, resolve_device, train
 
 MAX_PROMPT_CHARS = 1000
+# Bounds on config numbers that config.validate leaves open (a typo such as train.iters=1e21
+# must be one line, not a crash an hour later).
+MAX_ITERS = 10_000_000
+MAX_INT = 100_000_000
+MAX_SEED = 2**32 - 1
 
 
 class RunError(ValueError):
@@ -56,6 +64,8 @@ class Plan:
     device: torch.device
     # the run folder's lock, held from prepare() until run() ends (None: released)
     lock: RunLock | None = field(default=None, repr=False, compare=False)
+    # prepare() created the lock file (so a run refused later may remove it again)
+    lock_file_created: bool = False
 
     def release(self) -> None:
         """Release the run folder's lock (run() does; call it if run() will not be called)."""
@@ -70,6 +80,79 @@ def slugify(prompt: str, max_len: int = 60) -> str:
     return s or "run"
 
 
+def check_prompt_text(prompt) -> str:
+    """The prompt, stripped; RunError if it is empty, too long or holds a control character
+    (NUL, escape sequences, line breaks: they would reach logs, terminals and file names)."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise RunError("the prompt is empty: give a text prompt, e.g. ism3d generate \"a red cube\"")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise RunError(f"the prompt is {len(prompt)} characters long; the limit is {MAX_PROMPT_CHARS}")
+    prompt = prompt.strip()
+    bad = next((c for c in prompt if unicodedata.category(c) == "Cc"), None)
+    if bad is not None:
+        raise RunError(f"the prompt contains a control character (U+{ord(bad):04X}); use plain "
+                       "text on one line")
+    return prompt
+
+
+def check_limits(cfg: C.Config) -> None:
+    """ConfigError (one line naming the key) for a number no run can use: NaN or infinite
+    floats, integers beyond MAX_INT (train.iters beyond MAX_ITERS, train.seed beyond MAX_SEED)."""
+    for section, values in C.to_dict(cfg).items():
+        for key, v in values.items():
+            name = f"{section}.{key}"
+            for x in (v if isinstance(v, (list, tuple)) else [v]):
+                if isinstance(x, bool):
+                    continue
+                if isinstance(x, float) and not math.isfinite(x):
+                    raise C.ConfigError(f"{name}: must be a finite number (got {x!r})")
+                cap = {"train.iters": MAX_ITERS, "train.seed": MAX_SEED}.get(name, MAX_INT)
+                if isinstance(x, int) and abs(x) > cap:
+                    raise C.ConfigError(f"{name}: must be at most {cap:,} (got {x:,})")
+
+
+def check_prior_location(loc: str) -> None:
+    """A local prior (resolve_prior's answer) that cannot be a model is one line now, not an
+    error after the output folder is made: a folder with neither a pixel-prior config.json nor
+    the parts of a Stable Diffusion folder; a .safetensors file whose header does not parse.
+    Raises RunError."""
+    from .priors.pixel import is_pixel_prior
+
+    p = Path(loc)
+    if loc == "tiny" or not p.exists() or is_pixel_prior(p):
+        return
+    if p.is_dir():
+        from .priors.stable_diffusion import _missing_parts
+        missing = _missing_parts(p)
+        if missing:
+            raise RunError(f"prior {p} is not a model folder: no pixel-prior config.json, and a "
+                           f"Stable Diffusion folder needs {', '.join(missing)}")
+    elif p.suffix.lower() == ".safetensors":
+        from safetensors import safe_open
+        try:
+            with safe_open(str(p), framework="pt"):
+                pass
+        except Exception as e:  # noqa: BLE001 (safetensors raises its own error types)
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise RunError(f"prior {p} is not a readable .safetensors file ({first})") from None
+
+
+def check_init_file(init: C.InitConfig) -> None:
+    """init.kind=file: read the file now (it is small next to a model) so that a missing,
+    truncated, empty or non-finite one is one line before anything starts. Raises RunError."""
+    from .ply import PlyError
+    from .scene import SceneInitError, init_params
+
+    try:
+        params = init_params(init, torch.Generator().manual_seed(0))   # a throwaway generator
+    except (SceneInitError, PlyError) as e:
+        raise RunError(str(e).strip().splitlines()[0]) from None
+    bad = [k for k, v in params.items() if not torch.isfinite(v).all()]
+    if bad:
+        raise RunError(f"init.path {init.path}: the gaussians' {', '.join(bad)} hold NaN or "
+                       "infinite values")
+
+
 def prepare(prompt: str, *, cfg: C.Config, preset: str, out_dir: str | Path | None = None,
             out_root: str | Path = "outputs", resume: bool = False, force: bool = False) -> Plan:
     """Check everything that can be checked without loading a model. Raises ConfigError/RunError."""
@@ -77,18 +160,18 @@ def prepare(prompt: str, *, cfg: C.Config, preset: str, out_dir: str | Path | No
     from .priors import resolve_prior
     from .priors.pixel import is_pixel_prior
 
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise RunError("the prompt is empty: give a text prompt, e.g. ism3d generate \"a red cube\"")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise RunError(f"the prompt is {len(prompt)} characters long; the limit is {MAX_PROMPT_CHARS}")
-    prompt = prompt.strip()
+    prompt = check_prompt_text(prompt)
     C.validate(cfg)
+    check_limits(cfg)
     device = resolve_device(cfg.train.device)
     # PriorError (a ValueError) when missing: one clear line, in seconds, nothing loaded
     loc = resolve_prior(cfg.prior.name, offline=cfg.prior.offline)
+    check_prior_location(loc)
     C.validate(cfg, latent_prior=not (loc == "tiny" or is_pixel_prior(loc)))
     # init.kind=shap-e/point-e: its model or package must be there unless resuming (exit 2)
     check_init(cfg.init, offline=cfg.prior.offline, need_model=not resume)
+    if cfg.init.kind == "file" and not resume:
+        check_init_file(cfg.init)
 
     out = Path(out_dir) if out_dir is not None else Path(out_root) / slugify(prompt)
     if out.exists() and not out.is_dir():
@@ -112,7 +195,7 @@ def prepare(prompt: str, *, cfg: C.Config, preset: str, out_dir: str | Path | No
             lock.release()
         raise
     return Plan(prompt=prompt, cfg=cfg, preset=preset, out_dir=out, resume=resume, device=device,
-                lock=lock)
+                lock=lock, lock_file_created=not had_lock_file)
 
 
 def _lock(out: Path) -> RunLock:
@@ -155,7 +238,7 @@ def _check_folder(out: Path, prompt: str, cfg: C.Config, *, resume: bool, force:
             raise RunError(f"--resume: no checkpoint in {out / 'checkpoints'} but the folder holds "
                            f"{extra[0]}: use --force to start the run again")
         if (out / "config.yaml").is_file():
-            saved_cfg = C.load_config_file(out / "config.yaml")
+            saved_cfg = load_config_file(out / "config.yaml")
     elif saved["prompt"] != prompt:
         raise RunError(f"--resume: {out} holds a run for {saved['prompt']!r}, not {prompt!r}")
     if saved_cfg is not None and C.to_dict(saved_cfg) != C.to_dict(cfg):

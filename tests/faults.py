@@ -39,25 +39,22 @@ PROMPT = "a blue sphere"
 
 def fill(folder: Path) -> None:
     """Fill the file system of `folder` to the last byte (folder/filler)."""
-    with open(folder / "filler", "wb") as f:
-        chunk = b"\0" * 65536
-        while True:
-            try:
-                f.write(chunk)
-                f.flush()
-            except OSError:
-                break
-        for size in (4096, 512, 64, 1):
+    fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        for size in (65536, 4096, 512, 64, 1):
             while True:
                 try:
-                    f.write(b"\0" * size)
-                    f.flush()
+                    if os.write(fd, b"\0" * size) < size:
+                        break
                 except OSError:
                     break
+    finally:
+        os.close(fd)
 
 
-def arm(spec: str) -> None:
-    """Patch ism3d's checkpoint writer (and the exporter) in this process to fail as `spec` says."""
+def arm(spec: str, setattr=setattr) -> None:
+    """Patch ism3d's checkpoint writer (and the exporter) in this process to fail as `spec` says
+    (`setattr`: e.g. pytest's monkeypatch.setattr, to undo it after a test)."""
     import ism3d.generate as G
     import ism3d.train as T
 
@@ -67,7 +64,7 @@ def arm(spec: str) -> None:
     if kind == "export":
         def export_killed(*a, **k):
             os.kill(os.getpid(), signal.SIGKILL)
-        G.export_outputs = export_killed
+        setattr(G, "export_outputs", export_killed)
         return
     if kind == "fill-export":
         export = G.export_outputs
@@ -75,7 +72,7 @@ def arm(spec: str) -> None:
         def export_on_full_disk(*a, **k):
             fill(Path(rest))
             return export(*a, **k)
-        G.export_outputs = export_on_full_disk
+        setattr(G, "export_outputs", export_on_full_disk)
         return
     where, n = (rest.rsplit(":", 1) if kind == "fill" else ("", rest))
     n, count = int(n), {"writes": 0}
@@ -101,7 +98,8 @@ def arm(spec: str) -> None:
         keep_copy(src, dst)
         if count["writes"] == n and kind == "rotated":
             die()
-    T._write_bytes, T.keep_copy = faulty_write, faulty_keep
+    setattr(T, "_write_bytes", faulty_write)
+    setattr(T, "keep_copy", faulty_keep)
 
 
 def command(spec: str, *args: str) -> list[str]:

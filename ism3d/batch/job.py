@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import config as C
+from ..safeyaml import load_config_file
 
 STOP_FILE = ".batch/STOP"
 
@@ -138,7 +139,7 @@ def finished_summary(out: Path, prompt: str, cfg: C.Config) -> dict | None:
 
 def _same_config(out: Path, cfg: C.Config) -> bool:
     try:
-        return C.to_dict(C.load_config_file(out / "config.yaml")) == C.to_dict(cfg)
+        return C.to_dict(load_config_file(out / "config.yaml")) == C.to_dict(cfg)
     except C.ConfigError:
         return False
 

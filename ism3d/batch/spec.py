@@ -156,27 +156,22 @@ def _parse_line(s: str, suffix: str) -> dict[str, Any]:
 def _make_job(d: dict, lineno: int, default_preset: str, config_data: dict | None,
               overrides: dict[str, Any], gpus_per_job: float | None,
               priors: dict[tuple[str, bool], str]) -> JobSpec:
-    from ..generate import MAX_PROMPT_CHARS
+    from ..generate import check_limits, check_prompt_text
 
     # 1. the line's fields and their types
     prompt = d["prompt"]
     if not isinstance(prompt, str):
-        raise BatchError(f'"prompt" must be a string, got {prompt!r}')
-    if not prompt.strip():
-        raise BatchError("the prompt is empty")
-    prompt = prompt.strip()
-    if len(prompt) > MAX_PROMPT_CHARS:  # the same limit as `generate.prepare`
-        raise BatchError(f"the prompt is {len(prompt)} characters long; the limit is "
-                         f"{MAX_PROMPT_CHARS}")
+        raise BatchError(f'"prompt" must be a string, got {_short(prompt)}')
+    prompt = check_prompt_text(prompt)  # the same rules as `generate.prepare` (RunError)
     preset = d.get("preset", default_preset)
     if preset not in C.PRESETS:
         raise BatchError(f"unknown preset {preset!r}: choose one of {', '.join(C.PRESETS)}")
     seed = d.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        raise BatchError(f'"seed" must be a whole number >= 0, got {seed!r}')
+        raise BatchError(f'"seed" must be a whole number >= 0, got {_short(seed)}')
     negative = d.get("negative_prompt")
     if negative is not None and not isinstance(negative, str):
-        raise BatchError(f'"negative_prompt" must be a string, got {negative!r}')
+        raise BatchError(f'"negative_prompt" must be a string, got {_short(negative)}')
     line_over = d.get("overrides", {})
     if isinstance(line_over, list):
         if not all(isinstance(x, str) for x in line_over):
@@ -198,6 +193,7 @@ def _make_job(d: dict, lineno: int, default_preset: str, config_data: dict | Non
         line_fields["guidance.negative_prompt"] = negative
     cfg = C.apply_overrides(cfg, {**line_fields, **line_over})
     C.validate(cfg)
+    check_limits(cfg)
 
     # 3. the prior (as `generate.prepare` resolves it) and the prompt's words
     _check_prior(cfg, prompt, priors)
@@ -221,7 +217,9 @@ def _check_prior(cfg: C.Config, prompt: str, cache: dict[tuple[str, bool], str])
 
     key = (cfg.prior.name, cfg.prior.offline)
     if key not in cache:
+        from ..generate import check_prior_location
         cache[key] = resolve_prior(cfg.prior.name, offline=cfg.prior.offline)  # PriorError
+        check_prior_location(cache[key])                                       # RunError
     loc = cache[key]
     pixel = loc == "tiny" or is_pixel_prior(loc)
     C.validate(cfg, latent_prior=not pixel)
@@ -257,6 +255,12 @@ def _identity(job: JobSpec) -> str:
     blob = json.dumps({"prompt": job.prompt, "preset": job.preset, "config": C.to_dict(job.cfg)},
                       sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """repr() of a value from the file, cut to `limit` characters (a line may hold megabytes)."""
+    r = repr(value)
+    return r if len(r) <= limit else r[:limit] + "..."
 
 
 def _one_line(e: Exception) -> str:
