@@ -278,9 +278,6 @@ def cmd_generate(args) -> int:
         summary = run(plan, progress=not args.quiet, callback=lambda p: stop["flag"])
     except (PriorError, PromptError, C.ConfigError, RunError) as e:
         _cleanup_empty(plan.out_dir, out_existed)
-        if plan.lock_file_created and not (plan.out_dir / "config.yaml").is_file():
-            from .runlock import LOCK_FILE
-            (plan.out_dir / LOCK_FILE).unlink(missing_ok=True)    # bad input writes nothing
         return _fail(str(e))
     except TrainingDiverged as e:
         return _fail(str(e), code=1)

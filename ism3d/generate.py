@@ -7,7 +7,7 @@ A run folder holds:
     config.yaml        the fully resolved config (`--config DIR/config.yaml` reproduces the run)
     summary.json       prompt, seed, timings, memory, counts, versions (see `summary()`)
     checkpoints/       last.pt (resumable) and prev.pt (the one before it)
-    .ism3d.lock        the run lock (ism3d/runlock.py): held by the live process writing here
+    .ism3d.lock        while a run is alive: its lock (ism3d/runlock.py)
     previews/          training previews
 
 Order of work: everything that can be checked cheaply (config values, prompt, prior name, device,
@@ -64,8 +64,6 @@ class Plan:
     device: torch.device
     # the run folder's lock, held from prepare() until run() ends (None: released)
     lock: RunLock | None = field(default=None, repr=False, compare=False)
-    # prepare() created the lock file (so a run refused later may remove it again)
-    lock_file_created: bool = False
 
     def release(self) -> None:
         """Release the run folder's lock (run() does; call it if run() will not be called)."""
@@ -177,7 +175,6 @@ def prepare(prompt: str, *, cfg: C.Config, preset: str, out_dir: str | Path | No
     if out.exists() and not out.is_dir():
         raise RunError(f"output path {out} exists and is not a folder")
     # A live run in the folder? (its lock, taken now and held until run() ends)
-    had_lock_file = (out / LOCK_FILE).exists()
     lock = _lock(out) if out.is_dir() else None
     try:
         resume = _check_folder(out, prompt, cfg, resume=resume, force=force)
@@ -190,12 +187,10 @@ def prepare(prompt: str, *, cfg: C.Config, preset: str, out_dir: str | Path | No
         remove_stale_temps(out)             # what killed writers left (no live writer: locked)
     except BaseException:
         if lock is not None:
-            if not had_lock_file:           # bad input leaves the folder as it was
-                (out / LOCK_FILE).unlink(missing_ok=True)
-            lock.release()
+            lock.release()                  # (removes the lock file: the folder is as it was)
         raise
     return Plan(prompt=prompt, cfg=cfg, preset=preset, out_dir=out, resume=resume, device=device,
-                lock=lock, lock_file_created=not had_lock_file)
+                lock=lock)
 
 
 def _lock(out: Path) -> RunLock:

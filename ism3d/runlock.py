@@ -1,11 +1,15 @@
 """The run-folder lock: one live process writes a run folder at a time.
 
-A run folder holds `.ism3d.lock`. The process that writes the folder (`generate.prepare` takes
-the lock, `generate.run` releases it) holds an exclusive `fcntl.flock` on that file and writes
-its pid and host name into it. The kernel drops the lock when the process dies, however it dies
-(SIGKILL, a crash, a lost node), so a lock is never stale: the file stays behind and means
-nothing once nobody holds it. A second `ism3d generate --force/--resume`, a batch job or the web
-app asking for a locked folder gets `RunBusy` (one line naming the live pid: exit 2).
+The process that writes a run folder (`generate.prepare` takes the lock, `generate.run` releases
+it) holds an exclusive `fcntl.flock` on `FOLDER/.ism3d.lock`, whose text is its pid and host for
+the message others get. The kernel drops the lock when the process dies, however it dies
+(SIGKILL, a crash, a lost node), so a lock is never stale: a file left behind by a killed run
+means nothing once nobody holds it. A clean release removes the file. A second `ism3d generate
+--force/--resume`, a batch job or the web app asking for a locked folder gets `RunBusy` (one
+line naming the live pid: exit 2).
+
+Removing the file on release is safe because a taker checks, once it holds the flock, that the
+file it locked is still the one at the path (same inode); if not, it tries again.
 
 flock locks belong to an open file, not to a process, so two jobs of one process (the web app's
 threads) exclude each other as well. Where there is no fcntl (Windows) the lock is a no-op.
@@ -39,8 +43,14 @@ class RunLock:
         return self._fd is not None
 
     def release(self) -> None:
+        """Remove the lock file (still ours: we hold its flock) and drop the lock."""
         if self._fd is not None:
             fd, self._fd = self._fd, None
+            try:
+                if _same_file(fd, self.folder / LOCK_FILE):
+                    os.unlink(self.folder / LOCK_FILE)
+            except OSError:
+                pass
             os.close(fd)             # closing the last descriptor drops the flock
 
     def __enter__(self) -> RunLock:
@@ -60,21 +70,35 @@ def lock_run_dir(folder: str | os.PathLike) -> RunLock:
         import fcntl
     except ImportError:  # not POSIX: no lock
         return RunLock(folder, None)
-    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    path = folder / LOCK_FILE
+    for _ in range(100):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise RunBusy(f"{folder} is in use by a running ism3d process ({holder}): wait for "
+                          "it to finish or stop it, or choose another --out", holder) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        if not _same_file(fd, path):   # released and removed meanwhile: lock the new file
+            os.close(fd)
+            continue
+        # the holder's id, for the message above (the lock itself is the flock, not this text)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        return RunLock(folder, fd)
+    raise RunBusy(f"{folder}: its lock keeps changing hands; try again", "unknown")
+
+
+def _same_file(fd: int, path: Path) -> bool:
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = _read_holder(fd)
-        os.close(fd)
-        raise RunBusy(f"{folder} is in use by a running ism3d process ({holder}): wait for it "
-                      "to finish or stop it, or choose another --out", holder) from None
-    except BaseException:
-        os.close(fd)
-        raise
-    # the holder's id, for the message above (the lock itself is the flock, not this text)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
-    return RunLock(folder, fd)
+        a, b = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev)
 
 
 def lock_holder(folder: str | os.PathLike) -> str | None:

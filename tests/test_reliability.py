@@ -76,7 +76,7 @@ def test_a_folder_in_use_is_refused_with_the_live_pid(tmp_path, capsys, flag):
     assert code == 2
     line = one_error_line(capsys.readouterr().err)
     assert f"pid {os.getpid()}" in line and "in use" in line
-    assert sorted(p.name for p in out.iterdir()) == [".ism3d.lock", "config.yaml"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml"]
 
 
 def test_the_lock_dies_with_its_process(tmp_path):
