@@ -109,30 +109,31 @@ def check_limits(cfg: C.Config) -> None:
                     raise C.ConfigError(f"{name}: must be at most {cap:,} (got {x:,})")
 
 
-def check_prior_location(loc: str) -> None:
+def check_prior_location(loc: str, folders: bool = True) -> None:
     """A local prior (resolve_prior's answer) that cannot be a model is one line now, not an
-    error after the output folder is made: a folder with neither a pixel-prior config.json nor
-    the parts of a Stable Diffusion folder; a .safetensors file whose header does not parse.
-    Raises RunError."""
+    error after the output folder is made: (`folders`) a folder with neither a pixel-prior
+    config.json nor the parts of a Stable Diffusion folder; a .safetensors file whose header does
+    not parse. Raises PriorError (the loader's own message for a folder)."""
+    from .priors import PriorError
     from .priors.pixel import is_pixel_prior
 
     p = Path(loc)
     if loc == "tiny" or not p.exists() or is_pixel_prior(p):
         return
-    if p.is_dir():
+    if p.is_dir() and folders:
         from .priors.stable_diffusion import _missing_parts
         missing = _missing_parts(p)
         if missing:
-            raise RunError(f"prior {p} is not a model folder: no pixel-prior config.json, and a "
-                           f"Stable Diffusion folder needs {', '.join(missing)}")
-    elif p.suffix.lower() == ".safetensors":
+            raise PriorError(f"{p} is not a complete Stable Diffusion folder: missing "
+                             f"{', '.join(missing)} (config or weights)")
+    elif p.is_file() and p.suffix.lower() == ".safetensors":
         from safetensors import safe_open
         try:
             with safe_open(str(p), framework="pt"):
                 pass
         except Exception as e:  # noqa: BLE001 (safetensors raises its own error types)
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise RunError(f"prior {p} is not a readable .safetensors file ({first})") from None
+            raise PriorError(f"prior {p} is not a readable .safetensors file ({first})") from None
 
 
 def check_init_file(init: C.InitConfig) -> None:
@@ -164,8 +165,8 @@ def prepare(prompt: str, *, cfg: C.Config, preset: str, out_dir: str | Path | No
     device = resolve_device(cfg.train.device)
     # PriorError (a ValueError) when missing: one clear line, in seconds, nothing loaded
     loc = resolve_prior(cfg.prior.name, offline=cfg.prior.offline)
-    check_prior_location(loc)
     C.validate(cfg, latent_prior=not (loc == "tiny" or is_pixel_prior(loc)))
+    check_prior_location(loc)
     # init.kind=shap-e/point-e: its model or package must be there unless resuming (exit 2)
     check_init(cfg.init, offline=cfg.prior.offline, need_model=not resume)
     if cfg.init.kind == "file" and not resume:

@@ -216,13 +216,16 @@ def _check_prior(cfg: C.Config, prompt: str, cache: dict[tuple[str, bool], str])
     from ..priors.pixel import is_pixel_prior
 
     key = (cfg.prior.name, cfg.prior.offline)
+    from ..generate import check_prior_location
+
     if key not in cache:
-        from ..generate import check_prior_location
         cache[key] = resolve_prior(cfg.prior.name, offline=cfg.prior.offline)  # PriorError
-        check_prior_location(cache[key])                                       # RunError
     loc = cache[key]
     pixel = loc == "tiny" or is_pixel_prior(loc)
     C.validate(cfg, latent_prior=not pixel)
+    # a weights file that cannot be one (a folder is left to the worker, as the loader checks
+    # its parts: its job fails with the loader's one line and is retried)
+    check_prior_location(loc, folders=False)
     if pixel and loc != "tiny":
         _check_words(loc, prompt)
 
