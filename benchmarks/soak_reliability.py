@@ -300,8 +300,13 @@ def soak_ray(n: int = 4) -> dict:
     root = work / "out"
     ray = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
     port = 6391
-    env = dict(_env(), RAY_health_check_period_ms="1000", RAY_health_check_timeout_ms="2000",
-               RAY_health_check_failure_threshold="3")
+    # Ray 2.60 clusters started by `ray start` authenticate nodes and drivers with a token
+    # (~/.ray/auth_token, made here for local use if missing); short health checks so that the
+    # killed node is declared dead in seconds
+    env = dict(_env(), RAY_AUTH_MODE="token", RAY_health_check_period_ms="1000",
+               RAY_health_check_timeout_ms="2000", RAY_health_check_failure_threshold="3")
+    if not (Path.home() / ".ray" / "auth_token").is_file():
+        subprocess.run([ray, "get-auth-token", "--generate"], env=env, capture_output=True)
     head = subprocess.run([ray, "start", "--head", "--port", str(port), "--num-cpus", "1",
                            "--include-dashboard=false", "--disable-usage-stats"], env=env,
                           capture_output=True, text=True)
@@ -320,7 +325,7 @@ def soak_ray(n: int = 4) -> dict:
         cmd = [sys.executable, "-m", "ism3d", "batch", str(_prompts(work, n)), "--out", str(root),
                "--backend", "ray", "--ray-address", f"127.0.0.1:{port}", "--cpus-per-job", "1",
                *BATCH_ARGS]
-        proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
         killed = None
         while proc.poll() is None and killed is None and time.time() - t0 < 900:

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import faults
-from faults import FAST_RUN, PROMPT, generate, reference_run
+from faults import FAST_RUN, PROMPT, reference_run
 from ism3d import config as C
 from ism3d.cli import main
 
