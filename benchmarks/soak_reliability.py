@@ -107,11 +107,12 @@ def soak_storm(kills: int = 20, seed: int = 0, iters: int = 12) -> dict:
 
 
 # ------------------------------------------------------------------------------------ app
+EXPECTED_REFUSALS = ("is finished: there is nothing to resume", "is running already", "in use by")
+
+
 def soak_app(clients: int = 20, seconds: float = 150, seed: int = 0) -> dict:
     import urllib.error
     import urllib.request
-
-    import resource
 
     from gradio_client import Client
     from gradio_client.utils import Status
@@ -130,7 +131,7 @@ def soak_app(clients: int = 20, seconds: float = 150, seed: int = 0) -> dict:
     stop_at = time.time() + seconds
     lock = threading.Lock()
     stats = {"submitted": 0, "cancels": 0, "resumes": 0, "done": 0, "stopped": 0, "error": 0,
-             "rank_grew": 0, "unfinished": 0}
+             "expected_refusals": 0, "dropped_from_queue": 0, "rank_grew": 0, "unfinished": 0}
     errors: list[str] = []
     rss: list[int] = []
 
@@ -161,13 +162,19 @@ def soak_app(clients: int = 20, seconds: float = 150, seed: int = 0) -> dict:
                         count("rank_grew")
                     last_rank = st.rank
                 if cancel_after is not None and time.time() - t0 > cancel_after:
-                    c.predict(api_name="/cancel")
+                    if st.code == Status.IN_QUEUE:
+                        job.cancel()                   # still in Gradio's queue: drop it
+                    else:
+                        c.predict(api_name="/cancel")  # running: stop after this step
                     count("cancels")
                     cancel_after = None
                 if time.time() > stop_at + 240:
                     count("unfinished")
                     return
                 time.sleep(0.2)
+            if job.status().code == Status.CANCELLED:
+                count("dropped_from_queue")
+                continue
             try:
                 status = job.result()[0]
             except Exception as e:  # noqa: BLE001
@@ -176,13 +183,18 @@ def soak_app(clients: int = 20, seconds: float = 150, seed: int = 0) -> dict:
             kind = ("done" if status.startswith("Done") else "error" if "Error" in status
                     else "stopped")
             count(kind)
-            if kind == "error" and "is running already" not in status \
-                    and "in use" not in status:
+            # a run picked from the gallery that another client resumed meanwhile: the right
+            # one-line refusal, not a failure
+            if kind == "error" and any(w in status for w in EXPECTED_REFUSALS):
+                count("expected_refusals")
+            elif kind == "error":
                 errors.append(status[:200])
 
     def sample_memory():
+        page = os.sysconf("SC_PAGE_SIZE")
         while time.time() < stop_at + 60:
-            rss.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+            with open("/proc/self/statm") as f:        # resident set now (Linux)
+                rss.append(int(f.read().split()[1]) * page)
             time.sleep(2)
 
     t0 = time.time()
@@ -225,7 +237,7 @@ def soak_app(clients: int = 20, seconds: float = 150, seed: int = 0) -> dict:
     out = {"soak": "app", "clients": clients, "seconds": round(time.time() - t0, 1), **stats,
            "folders": sum(1 for _ in manager.root.iterdir()), "orphan_folders": orphans,
            "peak_training_at_once": manager.peak_training,
-           "rss_mb_first_last_max": [round(rss[0] / 2**20), round(rss[-1] / 2**20),
+           "rss_mb_start_end_max": [round(rss[0] / 2**20), round(rss[-1] / 2**20),
                                      round(max(rss) / 2**20)] if rss else None,
            "traversal": traversal, "unexpected_errors": errors[:5],
            "ok": ok_traversal and not orphans and not errors and stats["unfinished"] == 0
