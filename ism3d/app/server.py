@@ -31,6 +31,7 @@ import gradio as gr
 
 from .. import config as C
 from ..export.splat_view import viewer_ply
+from ..score.runs import score_text
 from .jobs import (MAX_FIELD_CHARS, MAX_OVERRIDES_CHARS, TERMINAL, UI_MAX_PROMPT_CHARS,
                    AppError, JobEvent, JobManager, JobRequest, one_line, run_dir_of, run_files,
                    read_record, status_text)
@@ -181,7 +182,8 @@ def build_app(manager: JobManager) -> gr.Blocks:
             runs = manager.gallery()[:GALLERY_MAX]
             items = [(str(r.image) if r.image else placeholder,
                       f"{r.prompt} · {r.status}"
-                      + (f" {r.step}/{r.total}" if r.status == "stopped" else ""))
+                      + (f" {r.step}/{r.total}" if r.status == "stopped" else "")
+                      + (f" · {s}" if (s := score_text(r.path, short=True)) else ""))
                      for r in runs]
             return {gallery: items, names: [r.name for r in runs]}
 
@@ -244,6 +246,8 @@ def build_app(manager: JobManager) -> gr.Blocks:
             rec = read_record(run_dir) or {}
             out = {**result_updates(run_dir), **viewer_updates(run_dir)}
             out[status] = f"Showing `{run_dir.name}` ({rec.get('status', 'running')})."
+            if (scored := score_text(run_dir)) is not None:   # `ism3d score` ran on it
+                out[status] += f" {scored}."
             return out
 
         queued = {"concurrency_limit": slots, "concurrency_id": "device",
