@@ -217,8 +217,8 @@ def load_clip(name: str, device: torch.device | str = "cpu", *, offline: bool = 
         with _quiet_transformers():
             model = CLIPModel.from_pretrained(loc, local_files_only=local)
             processor = CLIPProcessor.from_pretrained(loc, local_files_only=local)
-    except (OSError, ValueError, RuntimeError, KeyError, TypeError, AttributeError,
-            ImportError) as e:
+    except Exception as e:  # noqa: BLE001 - any loading failure (a corrupt safetensors header,
+        # a bad config, a missing tokenizer file...) is one line and exit 2, never a traceback
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ScoreError(f"cannot load CLIP from {name}: {first}") from None
     if getattr(processor, "tokenizer", None) is None or \

@@ -148,7 +148,7 @@ def cmd_score(args) -> int:
     from ..cli import _fail
     from .bench import default_prompts_path
     from .clip import ScoreError, resolve_clip
-    from .runner import read_captions
+    from .runner import caption_set, read_captions
     from .runs import find_runs
 
     # 1. everything cheap first: options, runs, captions, output, the CLIP's location
@@ -156,6 +156,7 @@ def cmd_score(args) -> int:
         _check_scoring_args(args)
         runs, skipped = find_runs(args.paths)
         captions = read_captions(args.captions or str(default_prompts_path()))
+        caption_set(captions, [r.prompt for r in runs])      # at least 2 distinct captions
         out = Path(args.out) if args.out else \
             (Path(args.paths[0]) / "score.json" if len(args.paths) == 1 else Path("score.json"))
         if out.suffix.lower() != ".json":
