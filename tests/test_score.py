@@ -322,3 +322,24 @@ def test_shipped_prompt_set_has_30_distinct_object_prompts():
     prompts = read_prompt_set(default_prompts_path())
     assert len(prompts) == 30 == len(set(prompts))
     assert all(p.startswith(("a DSLR photo of", "a zoomed out DSLR photo of")) for p in prompts)
+
+
+def test_web_app_shows_the_score_of_a_scored_run(bench_root):
+    pytest.importorskip("gradio")
+    from ism3d.app.jobs import list_runs
+    from ism3d.app.server import gallery_caption
+    from ism3d.score.runs import score_text
+
+    root, _ = bench_root
+    runs = {r.name: r for r in list_runs(root)}
+    rec = json.loads((root / "a_red_cube_s0" / "clip_score.json").read_text())
+    assert gallery_caption(runs["a_red_cube_s0"]) == \
+        f"a red cube · done · CLIP {rec['clip_score']:.4f}"
+    line = score_text(root / "a_red_cube_s0")
+    assert line.startswith(f"CLIP score {rec['clip_score']:.4f} · R-precision ")
+    assert "4 views, 2 captions" in line
+    # a score of other gaussians (the PLY changed since) is not shown
+    ply = root / "a_blue_ball_s0" / "gaussians.ply"
+    os.utime(ply, ns=(ply.stat().st_atime_ns, ply.stat().st_mtime_ns + 10 ** 9))
+    assert score_text(ply.parent) is None
+    assert gallery_caption(runs["a_blue_ball_s0"]) == "a blue ball · done"

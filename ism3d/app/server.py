@@ -60,6 +60,13 @@ def _owner(request: gr.Request | None) -> str:
     return (request.session_hash if request is not None else None) or "anonymous"
 
 
+def gallery_caption(r) -> str:
+    """A gallery entry's caption: prompt · status (step/total when stopped), and the CLIP score
+    when `ism3d score` scored the run (RUN/clip_score.json)."""
+    return (f"{r.prompt} · {r.status}" + (f" {r.step}/{r.total}" if r.status == "stopped" else "")
+            + (f" · {s}" if (s := score_text(r.path, short=True)) else ""))
+
+
 def _placeholder_png() -> str:
     """A small grey image for gallery entries that have no picture yet."""
     from PIL import Image
@@ -180,10 +187,7 @@ def build_app(manager: JobManager) -> gr.Blocks:
 
         def gallery_updates() -> dict:
             runs = manager.gallery()[:GALLERY_MAX]
-            items = [(str(r.image) if r.image else placeholder,
-                      f"{r.prompt} · {r.status}"
-                      + (f" {r.step}/{r.total}" if r.status == "stopped" else "")
-                      + (f" · {s}" if (s := score_text(r.path, short=True)) else ""))
+            items = [(str(r.image) if r.image else placeholder, gallery_caption(r))
                      for r in runs]
             return {gallery: items, names: [r.name for r in runs]}
 
