@@ -47,9 +47,14 @@ def tiny_clip_config(tokenizer, image_size: int = 32):
 
 def tiny_processor(image_size: int = 32):
     """A CLIPProcessor: the tiny BPE tokenizer (77 tokens) + CLIP's image pipeline at `image_size`."""
-    from transformers import CLIPImageProcessor, CLIPProcessor, CLIPTokenizer
     from transformers.utils import logging as tlog
 
+    verbosity = tlog.get_verbosity()
+    tlog.set_verbosity_error()   # "requires torchvision, falling back to the PIL processor"
+    try:
+        from transformers import CLIPImageProcessor, CLIPProcessor, CLIPTokenizer
+    finally:
+        tlog.set_verbosity(verbosity)
     with tempfile.TemporaryDirectory() as d:
         write_tiny_clip_tokenizer_files(d)
         tok = CLIPTokenizer.from_pretrained(d, model_max_length=77)

@@ -208,13 +208,12 @@ def load_clip(name: str, device: torch.device | str = "cpu", *, offline: bool = 
     Raises:
         ScoreError: one line, for anything that keeps the model from loading.
     """
-    from transformers import CLIPModel, CLIPProcessor
-
     loc = location or resolve_clip(name, offline=offline)
     local = Path(loc).is_dir()
     device = torch.device(device)
     try:
-        with _quiet_transformers():
+        with _quiet_transformers():  # (the import too: it may warn of a missing torchvision)
+            from transformers import CLIPModel, CLIPProcessor
             model = CLIPModel.from_pretrained(loc, local_files_only=local)
             processor = CLIPProcessor.from_pretrained(loc, local_files_only=local)
     except Exception as e:  # noqa: BLE001 - any loading failure (a corrupt safetensors header,
