@@ -97,7 +97,7 @@ def markdown(report: dict) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for g in report["groups"]:
-        lines.append(f"| {_cell(g['label'])} | {g['runs'] if isinstance(g['runs'], int) else len(g['runs'])} | "
+        lines.append(f"| {_cell(g['label'])} | {g['runs']} | "
                      f"{_f(g['clip_score'])} | {_f(g['clip_score_trimmed'])} | "
                      f"{_pct(g['r_precision_views'])} | {_pct(g['r_precision_runs'])} | "
                      f"{_secs(g.get('mean_wall_seconds'))} | "
@@ -105,6 +105,14 @@ def markdown(report: dict) -> str:
     lines.append(f"| **all** | {a['runs']} | {_f(a['clip_score'])} | "
                  f"{_f(a['clip_score_trimmed'])} | {_pct(a['r_precision_views'])} | "
                  f"{_pct(a['r_precision_runs'])} | | |")
+    if report.get("paired"):
+        lines += ["", "## Same prompts and seeds", "",
+                  "| A | B | pairs | A higher | B higher | mean CLIP score A - B | "
+                  "mean R-precision (views) A - B |", "|---|---|---|---|---|---|---|"]
+        for q in report["paired"]:
+            lines.append(f"| {_cell(q['a'])} | {_cell(q['b'])} | {q['pairs']} | {q['a_higher']} "
+                         f"| {q['b_higher']} | {q['mean_clip_score_diff']:+.4f} | "
+                         f"{100 * q['mean_r_precision_views_diff']:+.1f} points |")
     lines += ["", "## Per asset", "",
               "| prompt | seed | preset | guidance | CLIP score | trimmed | R-precision (views) "
               "| own-prompt rank (mean view) | time | peak memory | run |",
@@ -116,6 +124,11 @@ def markdown(report: dict) -> str:
             f"{_f(r['clip_score_trimmed'])} | {_pct(r['r_precision_views'])} | "
             f"{r['rank_run']} | {_secs(r.get('wall_seconds'))} | "
             f"{fmt_bytes(r.get('peak_memory_bytes'))} | {_cell(Path(r['run']).name)} |")
+    if report.get("bench"):
+        b = report["bench"]
+        lines += ["", f"Bench: {b['prompts']} prompts from `{_cell(b['prompts_file'])}` x seeds "
+                      f"{', '.join(map(str, b['seeds']))}, preset {b['preset']}; batch: "
+                      f"`{_cell(b['batch_command'])}` (exit code {b['batch_exit_code']})."]
     if report.get("skipped"):
         lines += ["", "Skipped: " + "; ".join(_cell(s) for s in report["skipped"])]
     return "\n".join(lines) + "\n"

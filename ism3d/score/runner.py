@@ -23,7 +23,8 @@ from . import metrics as M
 from .clip import ClipScorer, ScoreError
 from .runs import Run, ring_views
 
-__all__ = ["FORMAT", "PROTOCOL", "read_captions", "caption_set", "score_runs", "config_groups"]
+__all__ = ["FORMAT", "PROTOCOL", "read_captions", "caption_set", "score_runs", "config_groups",
+           "paired"]
 
 FORMAT = "ism3d-score/1"
 PROTOCOL = (
@@ -73,7 +74,7 @@ def caption_set(captions: list[str], prompts: list[str]) -> list[str]:
 
 def config_groups(runs: list[dict]) -> list[dict]:
     """Runs with the same config (but for seed and device), in first-seen order:
-    [{"label", "config_differs": {key: value}, "runs": [indices]}]. The label names the preset,
+    [{"label", "config_differs": {key: value}, "members": [run indices]}]. The label names the preset,
     the guidance and the keys that differ between groups."""
     keys, groups = [], {}
     for i, r in enumerate(runs):
@@ -81,9 +82,9 @@ def config_groups(runs: list[dict]) -> list[dict]:
                 if isinstance(sec, dict) for k, v in sec.items() if (s, k) not in _NOT_CONFIG}
         key = repr(sorted(flat.items()))
         if key not in groups:
-            groups[key] = {"flat": flat, "preset": r.get("preset"), "runs": []}
+            groups[key] = {"flat": flat, "preset": r.get("preset"), "members": []}
             keys.append(key)
-        groups[key]["runs"].append(i)
+        groups[key]["members"].append(i)
     flats = [groups[k]["flat"] for k in keys]
     all_keys = sorted({k for f in flats for k in f})
     differ = [k for k in all_keys if len({repr(f.get(k)) for f in flats}) > 1]
@@ -96,7 +97,29 @@ def config_groups(runs: list[dict]) -> list[dict]:
         extra = [f"{key}={_short(v)}" for key, v in d.items() if key != "guidance.method"]
         label = " ".join(parts + extra[:4]) + (f" (+{len(extra) - 4} keys)" if len(extra) > 4
                                                else "")
-        out.append({"label": label, "config_differs": d, "runs": g["runs"]})
+        out.append({"label": label, "config_differs": d, "members": g["members"]})
+    return out
+
+
+def paired(runs: list[dict], groups: list[dict]) -> list[dict]:
+    """Config A vs config B on the (prompt, seed) pairs both made (e.g. ISM vs SDS on the same
+    prompts and seeds): for every two groups sharing at least one pair, the number of pairs where
+    A's CLIP score is higher, and the mean difference A - B of CLIP score and view R-precision."""
+    keyed = [{(runs[i]["prompt"], runs[i].get("seed")): runs[i] for i in g["members"]}
+             for g in groups]
+    out = []
+    for a in range(len(groups)):
+        for b in range(a + 1, len(groups)):
+            shared = [k for k in keyed[a] if k in keyed[b]]
+            if not shared:
+                continue
+            d = [keyed[a][k]["clip_score"] - keyed[b][k]["clip_score"] for k in shared]
+            dr = [keyed[a][k]["r_precision_views"] - keyed[b][k]["r_precision_views"]
+                  for k in shared]
+            out.append({"a": groups[a]["label"], "b": groups[b]["label"], "pairs": len(shared),
+                        "a_higher": sum(x > 0 for x in d), "b_higher": sum(x < 0 for x in d),
+                        "mean_clip_score_diff": sum(d) / len(d),
+                        "mean_r_precision_views_diff": sum(dr) / len(dr)})
     return out
 
 
@@ -155,7 +178,7 @@ def score_runs(runs: list[Run], scorer: ClipScorer, captions: list[str], *, view
     # 3. over runs, and per config group
     groups = config_groups(per_run)
     for g in groups:
-        members = [per_run[i] for i in g["runs"]]
+        members = [per_run[i] for i in g["members"]]
         g.update(M.aggregate(members))
         g["mean_wall_seconds"] = _mean([m.get("wall_seconds") for m in members])
         g["max_peak_memory_bytes"] = max((m.get("peak_memory_bytes") or 0 for m in members),
@@ -177,6 +200,7 @@ def score_runs(runs: list[Run], scorer: ClipScorer, captions: list[str], *, view
                      "list": caps},
         "aggregate": M.aggregate(per_run),
         "groups": groups,
+        "paired": paired(per_run, groups),
         "runs": per_run,
         "skipped": list(skipped or []),
         "timing": {**{k: round(v, 3) for k, v in timing.items()},
