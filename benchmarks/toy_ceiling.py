@@ -1,5 +1,6 @@
-"""What the ToyWorld benchmark's metrics can reach at all (issue 5): near-misses of the ground truth,
-the ground truth's own images fitted directly (no prior) at the `toy` preset's resolution, and
+"""What can the ToyWorld benchmark's metrics reach at all, and where are a prior's fixed points?
+(issue 5): near-misses of the ground truth, the ground truth's own images fitted directly (no
+prior) at the `toy` preset's resolution, and
 the `toy` preset's ISM run started from the ground truth.
 
     python benchmarks/toy_ceiling.py [--device cuda] [--iters 1500] [--prompts default] [--no-fit] [--no-ism]
