@@ -18,7 +18,8 @@ calls        How fast are the two networks per call, and what do graphs / compil
              encoder forward+backward at 4 x 512^2 (`quant_conv(encoder(x))`, as the prior calls
              it) with diffusers' SDPA attention and with ours (`use_matmul_attention`), eager and,
              with --compile, compiled, plus the fp16 gradient difference of the two attentions;
-             with --kernels, the encoder's forward+backward kernel table (torch.profiler).
+             with --kernels, the eager encoder's forward+backward kernel table with each
+             attention (torch.profiler; SDPA's memory-efficient backward was the 17 ms kernel).
              Median of 15 timed calls after 3 warm-ups (CUDA events). Random weights of the
              exact architecture (speed does not depend on weight values).
 trace        Where do the gaps in a real step lie? A torch.profiler trace (Chrome format,
@@ -173,9 +174,24 @@ def cmd_calls(args) -> None:
         grad, x.grad = x.grad.float().clone(), None
         return grad
 
+    def kernel_table(what: str) -> None:
+        """--kernels: the eager encoder's forward+backward kernels, most time first."""
+        from torch.profiler import ProfilerActivity, profile
+        acts = [ProfilerActivity.CUDA] if dev.type == "cuda" else [ProfilerActivity.CPU]
+        with profile(activities=acts) as prof:
+            for _ in range(3):
+                fwd_bwd(enc)()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+        key = "cuda_time_total" if dev.type == "cuda" else "cpu_time_total"
+        print(f"kernels, VAE encoder fwd+bwd x3, {what}:")
+        print(prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=90))
+
     g_sdpa = input_grad(enc)
     print(f"VAE encoder 4x{size}^2 fwd+bwd, SDPA attention: eager {time_ms(fwd_bwd(enc)):.1f} ms",
           flush=True)
+    if args.kernels:
+        kernel_table("SDPA attention")
     layers = use_matmul_attention(vae.encoder)
     g_mm = input_grad(enc)
     rel = ((g_mm - g_sdpa).norm() / g_sdpa.norm()).item()
@@ -189,16 +205,8 @@ def cmd_calls(args) -> None:
         ct = time.perf_counter() - t0
         line += f"; compiled {time_ms(fwd_bwd(c)):.1f} ms (compile {ct:.0f} s)"
     print(line, flush=True)
-    if args.kernels:                                              # the eager encoder's kernels
-        from torch.profiler import ProfilerActivity, profile
-        acts = [ProfilerActivity.CUDA] if dev.type == "cuda" else [ProfilerActivity.CPU]
-        with profile(activities=acts) as prof:
-            for _ in range(3):
-                fwd_bwd(enc)()
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-        key = "cuda_time_total" if dev.type == "cuda" else "cpu_time_total"
-        print(prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=90))
+    if args.kernels:
+        kernel_table("matmul attention")
 
 
 # --------------------------------------------------------------------------------------------
