@@ -1,4 +1,5 @@
-"""Training speed per preset: per-phase breakdown, ms/iteration, minutes per asset, peak memory,
+"""How fast does each preset train on this machine, and where does a step's time go? Training
+speed per preset: per-phase breakdown, ms/iteration, minutes per asset, peak memory,
 side by side with a straightforward eager baseline of the same math (issue #11).
 
     python benchmarks/bench_speed.py [--presets paper,fast,toy] [--iters 40] [--warmup 8]
