@@ -233,6 +233,9 @@ class StrategyConfig:
     # Multiply screen-space gradients by the number of rendered views B (gsplat does): undoes a
     # mean over views in the loss; set false when the loss sums over views (guidance.reduce=sum)
     grad_scale_views: bool = True
+    # Densify (and reset opacities) before the optimizer step, as the reference does: the replaced
+    # parameters then skip that iteration's update; false: after it, as gsplat does
+    densify_before_step: bool = False
 
 
 @dataclass
@@ -344,6 +347,7 @@ PAPER: dict[str, Any] = {
     "strategy.stats_views": "last",            # densification statistics of the last view only
     "strategy.max_screen_radius": 0.0,         # its 20 px screen prune never fires
     "strategy.max_gaussians": 0,               # no cap
+    "strategy.densify_before_step": True,      # densify_and_prune / reset_opacity, then step()
     "init.volume_uniform": False,              # the centre-heavy init ball
     "train.flip_prob": 0.5,                    # torchvision RandomHorizontalFlip(0.5) on the batch
     "train.scale_aug": 1.0,                    # scale_aug_ratio 1.0

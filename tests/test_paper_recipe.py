@@ -368,3 +368,20 @@ def test_each_example_runs_on_a_tiny_random_sd(name, tiny_sd_dir, tiny_prior, fa
     assert summary["iterations"] == 2 and (tmp_path / name / "gaussians.ply").is_file()
     if cfg.init.kind == "point-e":
         assert fake_point_e["sample"][1]["texts"] == [cfg.init.prompt]
+
+
+@pytest.mark.parametrize("before", [True, False])
+def test_densify_before_the_step_skips_the_replaced_parameters_update(monkeypatch, tmp_path, before):
+    """The reference densifies (and resets opacities) before optimizer.step(): a replaced
+    Parameter has no gradient, so it keeps its value through that iteration. Here an opacity
+    reset to min(o, 0.5) at the first iteration replaces the opacities only."""
+    from ism3d.scene import init_params
+    cfg = small_cfg(**{"strategy.densify_before_step": before, "strategy.opacity_reset_every": 1,
+                       "strategy.reset_until": 10, "strategy.reset_opacity": 0.5})
+    init = init_params(cfg.init, torch.Generator().manual_seed(cfg.train.seed))
+    G = torch.randn(B, 3, S, S, generator=torch.Generator().manual_seed(8))
+    _, res, _ = run_stub(monkeypatch, tmp_path, cfg, G)
+    same_opacity = torch.equal(res.params["opacities"].detach(), init["opacities"].detach())
+    assert same_opacity == before
+    assert not torch.equal(res.params["means"].detach(), init["means"].detach())   # stepped either way
+    assert C.preset_config("paper").strategy.densify_before_step
