@@ -26,6 +26,7 @@ score_per_run_s = render + embed + captions.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import sys
@@ -133,10 +134,11 @@ def main() -> None:
         del scorer
         cli_s = None
         if not args.no_cli:
-            code, cli_s = timed(lambda: cli_main(
-                ["score", str(run.path), "--clip", str(clip_dir), "--views", str(args.views),
-                 "--size", str(args.size), "--device", str(device), "--renders", "", "--quiet",
-                 "--out", str(tmp / "score.json")]), device)
+            with contextlib.redirect_stdout(sys.stderr):   # stdout: the JSON only
+                code, cli_s = timed(lambda: cli_main(
+                    ["score", str(run.path), "--clip", str(clip_dir), "--views", str(args.views),
+                     "--size", str(args.size), "--device", str(device), "--renders", "", "--quiet",
+                     "--out", str(tmp / "score.json")]), device)
             assert code == 0
 
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else \
