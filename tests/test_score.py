@@ -365,3 +365,30 @@ def test_groups_by_config_and_pairs_on_shared_prompts_and_seeds():
     assert (q["pairs"], q["a_higher"], q["b_higher"]) == (2, 1, 1)
     assert q["mean_clip_score_diff"] == pytest.approx(((0.30 - 0.28) + (0.20 - 0.22)) / 2)
     assert q["mean_r_precision_views_diff"] == pytest.approx((0.5 + 0.0) / 2)
+
+
+def test_find_runs_takes_runs_and_roots_and_skips_unfinished(tmp_path):
+    from ism3d.score.runs import find_runs
+
+    def run(path, status="done", prompt="a cup", ply=True):
+        path.mkdir(parents=True)
+        name = "summary.json" if status == "done" else "progress.json"
+        (path / name).write_text(json.dumps({"status": status, "prompt": prompt}))
+        if ply:
+            (path / "gaussians.ply").write_bytes(b"ply")
+        return path
+    root = tmp_path / "root"
+    run(root / "b_s0", prompt="b")
+    run(root / "a_s0", prompt="a")
+    run(root / "c_s0", status="stopped")
+    (root / "logs").mkdir()
+    single = run(tmp_path / "single", prompt="  one  ")
+    runs, skipped = find_runs([str(single), str(root), str(root / "a_s0")])   # a_s0 once
+    assert [(r.path.name, r.prompt) for r in runs] == [("single", "one"), ("a_s0", "a"),
+                                                       ("b_s0", "b")]
+    assert skipped == [f"{root / 'c_s0'}: not a finished run"]
+    for bad, needle in ((root / "c_s0", "a stopped run"), (root / "logs", "holds no finished run"),
+                        (run(tmp_path / "noply", ply=False), "summary.json is not a finished"),
+                        (tmp_path / "missing", "no such folder")):
+        with pytest.raises(ScoreError, match=needle):
+            find_runs([str(bad)])
