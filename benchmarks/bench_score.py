@@ -1,5 +1,6 @@
-"""`ism3d score` cost: one run scored on 120 views at 512 px with the full openai/clip-vit-large-patch14
-architecture (random weights: speed and memory do not depend on weight values). Prints one JSON.
+"""`ism3d score` cost: one run scored on 120 views at 512 px with the full ViT-L/14 CLIP
+architecture, openai/clip-vit-large-patch14 (random weights: speed and memory do not depend on
+weight values). Prints one JSON.
 
     python benchmarks/bench_score.py                                   # GPU: 120 views, 512 px
     python benchmarks/bench_score.py --device cpu --views 8 --gaussians 2000 --repeats 1 --no-cli
@@ -67,7 +68,8 @@ def make_run(folder: Path, n: int, seed: int = 0) -> Path:
     g = torch.Generator().manual_seed(seed)
     dirs = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
     means = dirs * torch.rand(n, 1, generator=g) ** (1 / 3)
-    params = {"means": means, "scales": torch.full((n, 3), -3.5) + 0.3 * torch.randn(n, 3, generator=g),
+    params = {"means": means,
+              "scales": torch.full((n, 3), -3.5) + 0.3 * torch.randn(n, 3, generator=g),
               "quats": torch.nn.functional.normalize(torch.randn(n, 4, generator=g), dim=-1),
               "opacities": torch.full((n,), 1.0), "sh0": 0.5 * torch.randn(n, 1, 3, generator=g),
               "shN": torch.zeros(n, 0, 3)}
@@ -101,7 +103,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--gaussians", type=int, default=200_000)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=3, help="best of N for render/embed (1st warm-up)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="best of N for render/embed (the 1st warms up)")
     ap.add_argument("--no-cli", action="store_true",
                     help="skip the whole-command timing (it renders the ring once more)")
     args = ap.parse_args()
@@ -131,7 +134,7 @@ def main() -> None:
         say(f"embedded in {embed_s:.2f} s (processor {pre_s:.2f} s), captions {text_s:.2f} s")
         peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
         n_params = scorer.describe()["parameters"]
-        del scorer
+        scorer = None   # free it before the whole command loads its own
         cli_s = None
         if not args.no_cli:
             with contextlib.redirect_stdout(sys.stderr):   # stdout: the JSON only

@@ -46,7 +46,8 @@ def tiny_clip_config(tokenizer, image_size: int = 32):
 
 
 def tiny_processor(image_size: int = 32):
-    """A CLIPProcessor: the tiny BPE tokenizer (77 tokens) + CLIP's image pipeline at `image_size`."""
+    """A CLIPProcessor: the tiny BPE tokenizer (77 tokens) + CLIP's image pipeline at
+    `image_size`."""
     from transformers.utils import logging as tlog
 
     verbosity = tlog.get_verbosity()

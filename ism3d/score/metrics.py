@@ -1,4 +1,4 @@
-"""CLIP score and CLIP R-precision of a run's rendered views (the DreamFusion / Dream Fields protocol).
+"""CLIP score and CLIP R-precision of a run's rendered views (DreamFusion / Dream Fields protocol).
 
 Notation (all embeddings L2-normalised, float64):
 

@@ -1,4 +1,4 @@
-"""`ism3d score`: runs -> ring views -> CLIP embeddings -> metrics -> one report (and per-run files).
+"""`ism3d score`: runs -> ring views -> CLIP embeddings -> metrics -> one report (+ run files).
 
     1. the caption set: the captions file's lines, then every scored run's prompt that is not
        among them (each run's own prompt must be a candidate), in that order, without repeats;
@@ -74,8 +74,8 @@ def caption_set(captions: list[str], prompts: list[str]) -> list[str]:
 
 def config_groups(runs: list[dict]) -> list[dict]:
     """Runs with the same config (but for seed and device), in first-seen order:
-    [{"label", "config_differs": {key: value}, "members": [run indices]}]. The label names the preset,
-    the guidance and the keys that differ between groups."""
+    [{"label", "config_differs": {key: value}, "members": [run indices]}]. The label names the
+    preset, the guidance and the keys that differ between groups."""
     keys, groups = [], {}
     for i, r in enumerate(runs):
         flat = {f"{s}.{k}": v for s, sec in (r.get("config") or {}).items()
