@@ -164,8 +164,9 @@ class ClipScorer:
                 "parameters": int(sum(p.numel() for p in self.model.parameters()))}
 
     @torch.no_grad()
-    def embed_images(self, images: np.ndarray) -> Tensor:
-        """uint8 [V, H, W, 3] RGB -> [V, D] float64 unit image embeddings (CPU)."""
+    def embed_images(self, images: np.ndarray, on_batch=None) -> Tensor:
+        """uint8 [V, H, W, 3] RGB -> [V, D] float64 unit image embeddings (CPU).
+        `on_batch(n)` is called after each batch of n images (progress)."""
         assert images.ndim == 4 and images.shape[-1] == 3 and images.dtype == np.uint8, \
             (images.shape, images.dtype)
         out = []
@@ -175,6 +176,8 @@ class ClipScorer:
             pix = pix.to(self.device, torch.float32)
             pooled = self.model.vision_model(pixel_values=pix).pooler_output       # [B, W_v]
             out.append(self.model.visual_projection(pooled).double().cpu())        # [B, D]
+            if on_batch is not None:
+                on_batch(len(chunk))
         return torch.nn.functional.normalize(torch.cat(out), dim=-1)
 
     @torch.no_grad()

@@ -157,21 +157,20 @@ def score_runs(runs: list[Run], scorer: ClipScorer, captions: list[str], *, view
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=len(runs), desc="score", unit="run", dynamic_ncols=True, file=sys.stderr)
+        bar = tqdm(total=len(runs) * views, desc="score", unit="view", dynamic_ncols=True,
+                   file=sys.stderr)
     per_run, timing = [], {"render_seconds": 0.0, "embed_seconds": 0.0}
     try:
         for run in runs:
             t = time.perf_counter()
             images, source = ring_views(run, views, size, render_device, renders)
             t_r = time.perf_counter()
-            emb = scorer.embed_images(images)                                  # [V, D]
+            emb = scorer.embed_images(images, None if bar is None else bar.update)  # [V, D]
             timing["render_seconds"] += t_r - t
             timing["embed_seconds"] += time.perf_counter() - t_r
             m = M.run_metrics(emb, cap_emb, index[run.prompt])
             per_run.append({**_facts(run), "views_source": source, **m,
                             "config": run.config})
-            if bar is not None:
-                bar.update(1)
     finally:
         if bar is not None:
             bar.close()
