@@ -392,3 +392,17 @@ def test_find_runs_takes_runs_and_roots_and_skips_unfinished(tmp_path):
                         (tmp_path / "missing", "no such folder")):
         with pytest.raises(ScoreError, match=needle):
             find_runs([str(bad)])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_scores_match_cpu(tiny_clip_dir):
+    """The same views and captions on the GPU and on the CPU give the same embeddings (float32
+    towers on both; cuBLAS vs CPU summation order only)."""
+    g = np.random.default_rng(1)
+    images = g.integers(0, 256, (9, 64, 64, 3), dtype=np.uint8)
+    texts = ["a red cube", "a blue ball", "the car"]
+    cpu, gpu = load_clip(str(tiny_clip_dir), "cpu"), load_clip(str(tiny_clip_dir), "cuda")
+    torch.testing.assert_close(gpu.embed_images(images), cpu.embed_images(images), atol=1e-4,
+                               rtol=0)
+    torch.testing.assert_close(gpu.embed_texts(texts), cpu.embed_texts(texts), atol=1e-4, rtol=0)
