@@ -178,6 +178,7 @@ def test_bench_runs_the_batch_and_writes_one_scored_table(bench_root):
     assert len(report["groups"]) == 1 and report["groups"][0]["label"] == "tiny ism"
     md = (root / "score.md").read_text()
     assert "| tiny ism | 2 |" in md and "| a red cube | 0 | tiny | ism |" in md
+    assert "prior.name=tiny, guidance.method=ism, guidance.scale=" in md and "train.iters=4" in md
     index = json.loads((root / "index.json").read_text())
     assert all(e["score"]["clip_score"] == runs[e["run"]]["clip_score"] for e in index["runs"])
     page = (root / "index.html").read_text()

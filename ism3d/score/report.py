@@ -93,18 +93,20 @@ def markdown(report: dict) -> str:
         "## By config",
         "",
         "| config | runs | CLIP score | trimmed | R-precision (views) | R-precision (runs) | "
-        "mean time per asset | max peak memory |",
-        "|---|---|---|---|---|---|---|---|",
+        "mean time per asset | max peak memory | settings |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for g in report["groups"]:
         lines.append(f"| {_cell(g['label'])} | {g['runs']} | "
                      f"{_f(g['clip_score'])} | {_f(g['clip_score_trimmed'])} | "
                      f"{_pct(g['r_precision_views'])} | {_pct(g['r_precision_runs'])} | "
                      f"{_secs(g.get('mean_wall_seconds'))} | "
-                     f"{fmt_bytes(g.get('max_peak_memory_bytes'))} |")
+                     f"{fmt_bytes(g.get('max_peak_memory_bytes'))} | "
+                     + _cell(", ".join(f"{k}={v}" for k, v in g.get("settings", {}).items()))
+                     + " |")
     lines.append(f"| **all** | {a['runs']} | {_f(a['clip_score'])} | "
                  f"{_f(a['clip_score_trimmed'])} | {_pct(a['r_precision_views'])} | "
-                 f"{_pct(a['r_precision_runs'])} | | |")
+                 f"{_pct(a['r_precision_runs'])} | | | |")
     if report.get("paired"):
         lines += ["", "## Same prompts and seeds", "",
                   "| A | B | pairs | A higher | B higher | mean CLIP score A - B | "

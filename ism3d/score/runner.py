@@ -43,6 +43,8 @@ PROTOCOL = (
     "context are truncated.")
 # config keys that do not change what a run makes
 _NOT_CONFIG = {("train", "seed"), ("train", "device")}
+# the settings every group shows, whether they differ or not
+_SHOWN = ("prior.name", "guidance.method", "guidance.scale", "train.iters", "render.width")
 
 
 def read_captions(path: str) -> list[str]:
@@ -97,7 +99,8 @@ def config_groups(runs: list[dict]) -> list[dict]:
         extra = [f"{key}={_short(v)}" for key, v in d.items() if key != "guidance.method"]
         label = " ".join(parts + extra[:4]) + (f" (+{len(extra) - 4} keys)" if len(extra) > 4
                                                else "")
-        out.append({"label": label, "config_differs": d, "members": g["members"]})
+        out.append({"label": label, "config_differs": d, "members": g["members"],
+                    "settings": {k: g["flat"][k] for k in _SHOWN if k in g["flat"]}})
     return out
 
 
