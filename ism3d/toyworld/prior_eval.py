@@ -170,6 +170,14 @@ def candidate_cameras(view: str, res: int, quick: bool):
     return orbit_cameras(p, a, torch.full_like(p, EVAL_RADIUS), torch.full_like(p, EVAL_FOVY), res, res)
 
 
+def ground_truth(bank: ObjectBank, family: str, colour: str, view: str, res: int) -> Tensor:
+    """`[1, 3, res, res]` render of the object on white from the eval-ring camera of `view`
+    (polar EVAL_POLAR, azimuth VIEW_AZIMUTH[view]): the reference image of a prompt."""
+    cam = orbit_cameras(torch.tensor([EVAL_POLAR]), torch.tensor([VIEW_AZIMUTH[view]]),
+                        torch.tensor([EVAL_RADIUS]), torch.tensor([EVAL_FOVY]), res, res)
+    return bank.render(torch.tensor([bank.index(family, colour)]), cam, torch.ones(3))[0]
+
+
 @torch.no_grad()
 def evaluate(prior: PixelPrior, data: ToyWorldData, *, families: list[str], views: list[str],
              colours_per_family: int, samples: int, steps: int, cfg_scale: float, seed: int,
@@ -206,10 +214,7 @@ def evaluate(prior: PixelPrior, data: ToyWorldData, *, families: list[str], view
         text = caption(colour, f, v)
         rows.append(_score(imgs[k * samples:(k + 1) * samples], f, v, colour, text, sil))
         # the metric on the ground truth itself (eval-ring camera, white background)
-        cam = orbit_cameras(torch.tensor([EVAL_POLAR]), torch.tensor([VIEW_AZIMUTH[v]]),
-                            torch.tensor([EVAL_RADIUS]), torch.tensor([EVAL_FOVY]), res, res)
-        gt, _, _ = bank.render(torch.tensor([bank.index(f, colour)]), cam, torch.ones(3))
-        gt_rows.append(_score(gt.to(dev), f, v, colour, text, sil))
+        gt_rows.append(_score(ground_truth(bank, f, colour, v, res).to(dev), f, v, colour, text, sil))
 
     # 3. the metric on training images
     dgen = torch.Generator().manual_seed(seed + 7)
@@ -283,9 +288,7 @@ def sample_grid(prior: PixelPrior, bank: ObjectBank, path: Path, *, families: li
     for j, f in enumerate(families):
         colour, view = colours[j % len(colours)], VIEWS[j % len(VIEWS)]
         prompts.append(caption(colour, f, view))
-        cam = orbit_cameras(torch.tensor([EVAL_POLAR]), torch.tensor([VIEW_AZIMUTH[view]]),
-                            torch.tensor([EVAL_RADIUS]), torch.tensor([EVAL_FOVY]), res, res)
-        gts.append(bank.render(torch.tensor([bank.index(f, colour)]), cam, torch.ones(3))[0])
+        gts.append(ground_truth(bank, f, colour, view, res))
     gen = torch.Generator().manual_seed(seed)
     scale = max(1, 96 // res)
     grid = [_tiles(torch.cat(gts), scale)]
