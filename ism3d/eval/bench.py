@@ -31,12 +31,12 @@ Where each step lives: 1 in `ism3d.eval.spec` (input, `make_spec`, `build_runs`)
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import time
 from pathlib import Path
 from typing import Callable
 
 from .. import config as C
+from ..batch.job import finished_summary as finished_run
 from ..generate import RunError
 from .report import (IOU_TARGET, PSNR_TARGET, REPORT_SCHEMA, machine, render_markdown, summarise,
                      write_report)
@@ -65,24 +65,11 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------
 # Training (step 2)
 # ---------------------------------------------------------------------------------------------
-def _same_config(folder: Path, cfg: C.Config) -> bool:
-    try:
-        saved = C.load_config_file(folder / "config.yaml")
-    except C.ConfigError:
-        return False
-    return C.to_dict(saved) == C.to_dict(cfg)
-
-
 def finished_summary(folder: Path, run: RunSpec) -> dict | None:
-    """The summary of a finished run with this exact prompt and config in `folder`, or None."""
-    try:
-        summary = json.loads((folder / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if (summary.get("status") != "done" or summary.get("prompt") != run.prompt
-            or not (folder / "gaussians.ply").is_file() or not _same_config(folder, run.cfg)):
-        return None
-    return summary
+    """The summary of a finished run with this exact prompt and config in `folder` that left its
+    gaussians.ply, or None (the same test as `ism3d batch`, plus the PLY the metrics read)."""
+    summary = finished_run(folder, run.prompt, run.cfg)
+    return summary if summary is not None and (folder / "gaussians.ply").is_file() else None
 
 
 def train_run(run: RunSpec, folder: Path, prior, preset: str,
