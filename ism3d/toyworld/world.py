@@ -35,6 +35,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from ..guidance.prompts import wrap_azimuth
 from ..render.sh import SH_C0
 from ..types import Gaussians
 
@@ -109,7 +110,7 @@ def view_of_azimuth(azimuth: Tensor) -> list[str]:
     At |az| = 45 and 135 the two weights are equal (0.5); the tie goes to the later word.
     """
     assert azimuth.ndim == 1, azimuth.shape
-    a = (torch.remainder(azimuth.double() + 180.0, 360.0) - 180.0).abs()   # [B] in [0, 180]
+    a = wrap_azimuth(azimuth.double()).abs()                              # [B] in [0, 180]
     idx = (a >= 45.0).long() + (a >= 135.0).long()                        # [B] 0 front 1 side 2 back
     return [VIEWS[i] for i in idx.tolist()]
 
