@@ -10,8 +10,9 @@ dict the trainer keeps and checkpoints, two hooks), with one fixed signature and
         loss.backward(); optimizer steps
         stats = strategy.post_backward(params, optimizers, state, step, out.info)
 
-post_backward must run after the optimizer steps of its iteration (as in gsplat): it replaces
-Parameters, and a fresh Parameter has no .grad to step with.
+post_backward runs after the optimizer steps of its iteration (as in gsplat), or before them
+(`densify_before_step`, as the reference): it replaces Parameters, and a fresh Parameter has no
+.grad, so in that order the replaced parameters skip the iteration's update, as the reference's.
 
 What one `post_backward(step)` does, in this order:
 Iterations are counted as the reference counts them, from 1: iteration i = step + 1.

@@ -16,6 +16,7 @@ One step (numbered as in the code):
     8. ONE host sync per step: every loss/gradient finite? (and the logged scalars, read at once)
     9. a non-finite step is skipped (never reaches the parameters) and counted; otherwise the
        optimizer step, then densification (clone/split/prune/reset) with the render's statistics
+       (strategy.densify_before_step: densification first, as the reference)
    10. checkpoint (atomic) every `checkpoint_every` steps; preview grid every `preview_every` steps
 
 Every random draw comes from ONE torch.Generator seeded with `train.seed` and saved in each checkpoint,
@@ -373,12 +374,18 @@ def train(cfg: C.Config, prompt: str, prior, out_dir: str | Path, *, resume: boo
                         f"(last at step {step + 1}); the last good state is kept in {ckpt_path}")
             else:
                 consecutive_bad = 0
-                # 9b. optimizer step, then densification
+                # 9b. optimizer step, then densification (gsplat's order); or densification
+                #     first (the reference's): the Parameters it replaces have no gradient, so
+                #     they skip this step's update, as in the reference
+                if cfg.strategy.densify_before_step:
+                    with phase("densify"):
+                        strategy.post_backward(params, optimizers, state, step, out.info)
                 with phase("optimizer"):
                     for o in optimizers.values():
                         o.step()
-                with phase("densify"):
-                    strategy.post_backward(params, optimizers, state, step, out.info)
+                if not cfg.strategy.densify_before_step:
+                    with phase("densify"):
+                        strategy.post_backward(params, optimizers, state, step, out.info)
 
             done = step + 1
             elapsed = elapsed_before + time.perf_counter() - t0

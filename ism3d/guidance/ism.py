@@ -165,7 +165,8 @@ def _check_config(prior: "DiffusionPrior", cfg: "GuidanceConfig") -> None:
     """Settings that cannot work with this prior raise GuidanceError naming the key."""
     T = prior.num_train_timesteps
     if cfg.t_max_start >= T:
-        raise GuidanceError(f"guidance.t_max_start={cfg.t_max_start} is not below the prior's {T} timesteps (t is an index, inclusive)")
+        raise GuidanceError(f"guidance.t_max_start={cfg.t_max_start} must be below the prior's {T} "
+                            "timesteps (t is an index, both ends included)")
     if not 0 <= cfg.t_first < T:
         raise GuidanceError(f"guidance.t_first={cfg.t_first} must be in [0, {T - 1}]")
     if cfg.perp_neg and not cfg.view_prompts:

@@ -12,12 +12,15 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from ..config import ConfigError
+
 if TYPE_CHECKING:
     from ..config import GuidanceConfig
 
 
-class GuidanceError(ValueError):
-    """The guidance settings cannot work with this prior or input (the message says which key)."""
+class GuidanceError(ConfigError):
+    """The guidance settings cannot work with this prior or input (the message says which key);
+    a ConfigError, so the CLI prints its one line and exits 2."""
 
 
 def warm(step: int, warmup_iters: int) -> float:

@@ -52,7 +52,8 @@ class SDSGuidance:
     def __init__(self, prior: "DiffusionPrior", cfg: "GuidanceConfig", prompt: str):
         T = prior.num_train_timesteps
         if cfg.t_max_start >= T:
-            raise GuidanceError(f"guidance.t_max_start={cfg.t_max_start} is not below the prior's {T} timesteps (t is an index, inclusive)")
+            raise GuidanceError(f"guidance.t_max_start={cfg.t_max_start} must be below the prior's {T} "
+                                "timesteps (t is an index, both ends included)")
         if cfg.perp_neg and not cfg.view_prompts:
             raise GuidanceError("guidance.perp_neg needs guidance.view_prompts=true")
         if cfg.reduce not in ("mean", "sum"):
