@@ -30,7 +30,7 @@ __all__ = ["DiffusionPrior", "PriorError", "PromptError", "PixelPrior", "StableD
 def resolve_prior(name: str, offline: bool = False) -> str:
     """"tiny", an existing local path, or a hub id to download; raises PriorError (one line) for
     a missing path or a hub model that is neither cached nor reachable. Loads nothing."""
-    from .stable_diffusion import resolve_prior as _resolve
+    from .locate import resolve_prior as _resolve
 
     return _resolve(name, offline=offline)
 
@@ -49,7 +49,8 @@ def load_prior(cfg: "PriorConfig", device: torch.device | str) -> DiffusionPrior
     Raises:
         PriorError: the prior cannot be found or loaded (one line saying what to do).
     """
-    from .stable_diffusion import load_stable_diffusion, resolve_dtype
+    from .locate import resolve_dtype
+    from .stable_diffusion import load_stable_diffusion
 
     device = torch.device(device)
     loc = resolve_prior(cfg.name, offline=cfg.offline)
