@@ -141,6 +141,23 @@ class PriorConfig:
     # On CUDA, torch.compile the denoiser (inside its graphs) and the VAE encoder: ~25% faster steps
     # after 1-3 min of compilation the first time (cached on disk for later runs). Ignored elsewhere.
     compile: bool = False
+    # Textual-inversion embeddings, each PATH or PATH:TOKEN (a .pt/.bin/.safetensors file in the
+    # A1111 or diffusers layout, or a hub id); the token (the file's own if not given) then works in
+    # the prompt, e.g. "a photo of <Taylor_Swift>". SDXL files hold clip_l and clip_g.
+    textual_inversion: tuple[str, ...] = ()
+    # LoRAs, each PATH_OR_HUB_ID or PATH_OR_HUB_ID:SCALE (scale 1 if not given; diffusers/peft or
+    # kohya layout, UNet and text-encoder parts), fused into the weights once at load time
+    lora: tuple[str, ...] = ()
+    # Low-VRAM mode: none | model (text encoders wait on the CPU, the UNet leaves the GPU during
+    # the VAE pass; the VAE encoder recomputes its activations in backward) | sequential (the same,
+    # and the UNet streams to the GPU one block at a time: slowest, least memory). Not none turns
+    # CUDA graphs and compile off.
+    offload: Literal["none", "model", "sequential"] = "none"
+    # Compute the UNet's attention in slices (less memory, somewhat slower)
+    attention_slicing: bool = False
+    # A separate VAE folder or hub id replacing the model's own, e.g. the fp16-safe SDXL VAE
+    # madebyollin/sdxl-vae-fp16-fix ("" = the model's own; SDXL's own runs in fp32 under fp16)
+    vae: str = ""
 
 
 @dataclass
@@ -414,6 +431,20 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
             "output.video_fps": 20,
             "output.mesh_resolution": 64,
             "output.mesh_faces": 5000,
+        },
+    ),
+    "sdxl": (
+        "SDXL base (stabilityai/stable-diffusion-xl-base-1.0) at 1024x1024, 2500 iters of 4 views, "
+        "ISM without Perp-Neg: the Dreamer XL recipe (Miao et al. 2024, arXiv 2405.11252) (GPU)",
+        {
+            "prior.name": "stabilityai/stable-diffusion-xl-base-1.0",
+            "render.width": 1024,
+            "render.height": 1024,
+            "train.iters": 2500,
+            "guidance.warmup_iters": 750,
+            "guidance.perp_neg": False,
+            "strategy.densify_until": 1500,
+            "strategy.reset_until": 1500,
         },
     ),
 }

@@ -3,8 +3,9 @@
 `load_prior(cfg.prior, device)` takes any name:
 - "tiny": a seeded random-weight 32x32 pixel prior (tests, smoke runs; `pixel.PixelPrior.tiny`);
 - a folder or `.safetensors` file written by `PixelPrior.save_pretrained` (e.g. a trained toy prior);
-- anything else is Stable Diffusion (`stable_diffusion.py`): a hub id, a diffusers folder, or a
-  single original-layout `.safetensors`/`.ckpt` file.
+- anything else is Stable Diffusion (`stable_diffusion.py`; SDXL: `sdxl.py`): a hub id, a
+  diffusers folder, or a single original-layout `.safetensors`/`.ckpt` file; with textual
+  inversions, LoRAs, another VAE and a low-VRAM mode on top (`customise`).
 
 The Stable Diffusion module (and diffusers) is imported only when needed, so `resolve_prior`
 stays cheap and `python -m ism3d.priors.stable_diffusion` runs cleanly.
@@ -40,11 +41,13 @@ def load_prior(cfg: "PriorConfig", device: torch.device | str) -> DiffusionPrior
 
     Args:
         cfg: `PriorConfig` (name, dtype, latent, offline, single_file_config, resolution,
-            cuda_graphs, compile).
+            cuda_graphs, compile; for SD/SDXL also vae, textual_inversion, lora, attention_slicing,
+            offload: see `customise`).
         device: torch device of all the prior's computations.
 
     Returns:
-        A `DiffusionPrior`: `PixelPrior` for "tiny" and pixel-prior files, else `StableDiffusionPrior`.
+        A `DiffusionPrior`: `PixelPrior` for "tiny" and pixel-prior files, `StableDiffusionXLPrior`
+        for an SDXL folder or file, else `StableDiffusionPrior`.
 
     Raises:
         PriorError: the prior cannot be found or loaded (one line saying what to do).
@@ -54,6 +57,9 @@ def load_prior(cfg: "PriorConfig", device: torch.device | str) -> DiffusionPrior
 
     device = torch.device(device)
     loc = resolve_prior(cfg.name, offline=cfg.offline)
+    if (loc == "tiny" or is_pixel_prior(loc)) and (cfg.textual_inversion or cfg.lora or cfg.vae):
+        raise PriorError(f"prior.textual_inversion, prior.lora and prior.vae need a Stable Diffusion prior, "
+                         f"not {cfg.name!r}")
     if loc == "tiny":
         prior = PixelPrior.tiny(device, dtype=resolve_dtype(cfg.dtype, device, auto=torch.float32))
     elif is_pixel_prior(loc):
@@ -62,11 +68,34 @@ def load_prior(cfg: "PriorConfig", device: torch.device | str) -> DiffusionPrior
         prior = load_stable_diffusion(loc, device, cfg.dtype, cfg.latent, cfg.single_file_config, cfg.offline,
                                       name=cfg.name)
         prior.set_resolution(cfg.resolution)
-    if cfg.cuda_graphs:
+        customise(prior, cfg)
+    if cfg.cuda_graphs and cfg.offload == "none":
         prior.enable_cuda_graphs(compile=cfg.compile)
-    if cfg.compile and hasattr(prior, "compile_encoder"):
+    if cfg.compile and cfg.offload == "none" and hasattr(prior, "compile_encoder"):
         prior.compile_encoder()
     return prior
+
+
+def customise(prior, cfg: "PriorConfig") -> None:
+    """A separate VAE, textual inversions, LoRAs (fused), attention slicing and offload, in that
+    order; what was done goes to `prior.custom` (summary.json). Raises PriorError (one line)."""
+    from .lora import fuse_loras
+    from .offload import enable_offload
+    from .textual_inversion import load_textual_inversions
+
+    if cfg.vae:
+        prior.replace_vae(cfg.vae, offline=cfg.offline)
+        prior.custom["vae"] = cfg.vae
+    if cfg.textual_inversion:
+        prior.custom["textual_inversion"] = load_textual_inversions(prior, cfg.textual_inversion, cfg.offline)
+    if cfg.lora:
+        prior.custom["lora"] = fuse_loras(prior, cfg.lora, cfg.offline)
+    if cfg.attention_slicing:
+        prior.unet.set_attention_slice("auto")
+        prior.custom["attention_slicing"] = True
+    if cfg.offload != "none":
+        enable_offload(prior, cfg.offload)
+        prior.custom["offload"] = cfg.offload
 
 
 def __getattr__(name: str):

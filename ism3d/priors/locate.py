@@ -33,6 +33,7 @@ from .base import PriorError
 DEFAULT_PRIOR = "stabilityai/stable-diffusion-2-1-base"
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+SDXL_COMPONENTS = ("text_encoder_2", "tokenizer_2")  # also read for an SDXL model
 _WEIGHT_NAMES = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 PROBE_TIMEOUT_S = 3.0
@@ -189,7 +190,7 @@ def download(repo_id: str) -> Path:
     try:
         folder = snapshot_download(
             repo_id,
-            allow_patterns=["model_index.json", *[f"{c}/*" for c in COMPONENTS]],
+            allow_patterns=["model_index.json", *[f"{c}/*" for c in COMPONENTS + SDXL_COMPONENTS]],
             ignore_patterns=["*.bin", "*.ckpt", "*.msgpack", "*.onnx", "*.pb", "*.h5", "*fp16*", "*non_ema*"],
         )
     except Exception as e:  # network errors, gated repos, unknown ids

@@ -44,6 +44,7 @@ from .locate import (  # noqa: F401  (re-exported: the public names callers impo
     COMPONENTS, DEFAULT_PRIOR, SINGLE_FILE_SUFFIXES, TOY_PRIOR_DIR, cached_snapshot, config_source, download,
     hf_cache_folder, hub_offline, hub_reachable, inferred_config_repo, missing_parts, quiet_hf, resolve_dtype,
     resolve_prior, weights_variant)
+from .textual_inversion import expand_prompt
 from .vae_attention import use_matmul_attention
 
 
@@ -73,29 +74,23 @@ class StableDiffusionPrior(GraphedUNet):
             raise PriorError(f"prior.latent: {latent!r} is not one of mean, sample")
         self.latent = latent
         self.generator: torch.Generator | None = None  # set by a caller who wants seeded latent samples
-        # 1. architecture checks: plain text-to-image SD only
-        uc, vc = unet.config, vae.config
-        if getattr(uc, "addition_embed_type", None) is not None:
-            raise PriorError(f"{name}: SDXL-style UNets (addition_embed_type={uc.addition_embed_type!r}) "
-                             "are not supported; use an SD 1.x/2.x model")
-        if uc.in_channels != vc.latent_channels:
-            raise PriorError(f"{name}: the UNet takes {uc.in_channels} channels but the VAE makes "
-                             f"{vc.latent_channels} (an inpainting/depth model?); use a text-to-image model")
-        if uc.cross_attention_dim != text_encoder.config.hidden_size:
-            raise PriorError(f"{name}: UNet cross_attention_dim {uc.cross_attention_dim} != text encoder "
-                             f"hidden size {text_encoder.config.hidden_size}")
+        # 1. architecture checks
+        self.check_architecture(unet, vae, text_encoder)
         self.prediction_type = scheduler_config.get("prediction_type", "epsilon")
         if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
             raise PriorError(f"{name}: unsupported prediction_type {self.prediction_type!r}")
         # 2. frozen networks on device
         self.vae, self.unet, self.text_encoder, self.tokenizer = vae, unet, text_encoder, tokenizer
-        for m in (vae, unet, text_encoder):
+        self.vae_dtype = self.vae_dtype_for(vae, dtype)
+        for m in self.networks():
+            dt = self.vae_dtype if m is vae else dtype
             m.to(self.device)
-            if next(m.parameters()).dtype != dtype:
-                m.to(dtype)
+            if next(m.parameters()).dtype != dt:
+                m.to(dt)
             m.eval().requires_grad_(False)
         use_matmul_attention(vae.encoder)  # the encoder's backward: cuBLAS instead of SDPA's slow one
         # 3. sizes: latent_shape and image_size at the model's own resolution
+        vc = vae.config
         self.vae_scale = 2 ** (len(vc.block_out_channels) - 1)
         self.set_resolution(0)
         self.scaling_factor = float(vc.scaling_factor)
@@ -110,6 +105,59 @@ class StableDiffusionPrior(GraphedUNet):
         self._warned: set[str] = set()
         self._moments = self._vae_moments   # compile_encoder() may replace it
         self._encoder_compiled = False
+        # what load_prior customised (textual inversion, LoRA, offload): summary.json records it
+        self.custom: dict = {}
+
+    def check_architecture(self, unet, vae, text_encoder) -> None:
+        """Raise PriorError unless this is a plain text-to-image SD 1.x/2.x model."""
+        name = self.name
+        uc, vc = unet.config, vae.config
+        if getattr(uc, "addition_embed_type", None) is not None:
+            raise PriorError(f"{name}: an SDXL-style UNet (addition_embed_type={uc.addition_embed_type!r}) "
+                             "needs the SDXL loader: pass the whole SDXL folder (with text_encoder_2/)")
+        if uc.in_channels != vc.latent_channels:
+            raise PriorError(f"{name}: the UNet takes {uc.in_channels} channels but the VAE makes "
+                             f"{vc.latent_channels} (an inpainting/depth model?); use a text-to-image model")
+        if uc.cross_attention_dim != text_encoder.config.hidden_size:
+            raise PriorError(f"{name}: UNet cross_attention_dim {uc.cross_attention_dim} != text encoder "
+                             f"hidden size {text_encoder.config.hidden_size}")
+
+    @staticmethod
+    def vae_dtype_for(vae, dtype: torch.dtype) -> torch.dtype:
+        """The dtype the VAE runs in: the prior dtype (SDXL overrides this for its fp16-unsafe VAE)."""
+        return dtype
+
+    def networks(self) -> list:
+        """The frozen networks (moved to the device, cast, and frozen in __init__)."""
+        return [self.vae, self.unet, self.text_encoder]
+
+    def text_stacks(self) -> list[tuple]:
+        """(tokenizer, text encoder) pairs, in the order their outputs are concatenated."""
+        return [(self.tokenizer, self.text_encoder)]
+
+    def replace_vae(self, src: str, offline: bool = False) -> None:
+        """Use the VAE of `src` (a diffusers VAE folder or hub id, e.g. the fp16-safe SDXL VAE
+        madebyollin/sdxl-vae-fp16-fix) instead of the model's own. Raises PriorError (one line)."""
+        from diffusers import AutoencoderKL
+
+        p = Path(src).expanduser()
+        sub = "vae" if (p / "vae" / "config.json").is_file() else None
+        local = p.is_dir() or offline or hub_offline() or not hub_reachable()
+        try:
+            with quiet_hf():
+                vae = AutoencoderKL.from_pretrained(str(p) if p.is_dir() else src, subfolder=sub,
+                                                    local_files_only=local)
+        except Exception as e:  # missing folder, hub miss: one line
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise PriorError(f"prior.vae {src}: cannot load it: {first}") from None
+        if vae.config.latent_channels != self.vae.config.latent_channels:
+            raise PriorError(f"prior.vae {src}: makes {vae.config.latent_channels} latent channels, the "
+                             f"UNet takes {self.vae.config.latent_channels}")
+        self.vae_dtype = self.vae_dtype_for(vae, self.dtype)
+        self.vae = vae.to(self.device, self.vae_dtype).eval().requires_grad_(False)
+        use_matmul_attention(vae.encoder)
+        self.scaling_factor = float(vae.config.scaling_factor)
+        self.shift_factor = float(getattr(vae.config, "shift_factor", None) or 0.0)
 
     def set_resolution(self, resolution: int) -> None:
         """Resize renders to `resolution` pixels before the encoder (0 = the model's own size);
@@ -167,21 +215,25 @@ class StableDiffusionPrior(GraphedUNet):
             config: a diffusers folder or hub id holding the configs of the same architecture;
                 empty = the repo diffusers infers from the checkpoint's keys (must be cached or reachable).
         """
-        from diffusers import StableDiffusionPipeline
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
         path = Path(path)
         device = torch.device(device)
         dt = resolve_dtype(dtype, device)
         cfg_src = config.strip() or inferred_config_repo(path)
         loc = config_source(cfg_src, path, offline)
+        xl = "xl" in cfg_src.lower() or (Path(loc) / "text_encoder_2").is_dir()
+        extra = {} if xl else dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
         try:
             with quiet_hf():
-                pipe = StableDiffusionPipeline.from_single_file(
-                    str(path), config=loc, local_files_only=Path(loc).is_dir(), torch_dtype=dt,
-                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+                pipe = (StableDiffusionXLPipeline if xl else StableDiffusionPipeline).from_single_file(
+                    str(path), config=loc, local_files_only=Path(loc).is_dir(), torch_dtype=dt, **extra)
         except Exception as e:  # diffusers raises many types here; one line is what the user needs
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise PriorError(f"cannot load the single file {path} (configs from {cfg_src}): {first}") from None
+        if xl:
+            from .sdxl import StableDiffusionXLPrior
+            return StableDiffusionXLPrior.from_pipeline(pipe, device, dt, latent, name or str(path))
         return cls(pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer, dict(pipe.scheduler.config),
                    device, dt, latent, name or str(path))
 
@@ -200,13 +252,9 @@ class StableDiffusionPrior(GraphedUNet):
         assert isinstance(prompts, (list, tuple)) and len(prompts) > 0, "prompts must be a non-empty list"
         todo = [p for p in dict.fromkeys(prompts) if p not in self._cache]
         if todo:
-            for p in todo:
-                n = len(self.tokenizer(p, truncation=False, verbose=False).input_ids)
-                if n > self.max_length and p not in self._warned:
-                    self._warned.add(p)
-                    warnings.warn(f"prompt truncated to the text encoder's {self.max_length} tokens "
-                                  f"({n} given): {p!r}", stacklevel=2)
-            ids = self.tokenizer(todo, padding="max_length", max_length=self.max_length, truncation=True,
+            texts = [expand_prompt(p, self.tokenizer) for p in todo]  # multi-vector TI tokens
+            self._warn_truncated(todo, texts)
+            ids = self.tokenizer(texts, padding="max_length", max_length=self.max_length, truncation=True,
                                  return_tensors="pt").input_ids.to(self.device)  # [N, L]
             with torch.no_grad():
                 out = self.text_encoder(ids).last_hidden_state.to(self.dtype)  # [N, L, D]
@@ -214,12 +262,21 @@ class StableDiffusionPrior(GraphedUNet):
                 self._cache[p] = e
         return torch.stack([self._cache[p] for p in prompts])  # [B, L, D]
 
+    def _warn_truncated(self, prompts: list[str], texts: list[str]) -> None:
+        """One warning per prompt longer than the text encoder's L tokens."""
+        for p, text in zip(prompts, texts):
+            n = len(self.tokenizer(text, truncation=False, verbose=False).input_ids)
+            if n > self.max_length and p not in self._warned:
+                self._warned.add(p)
+                warnings.warn(f"prompt truncated to the text encoder's {self.max_length} tokens "
+                              f"({n} given): {p!r}", stacklevel=3)
+
     # ------------------------------------------------------------------ images <-> latents
     def encode(self, images: Tensor) -> Tensor:
         """images [B, 3, H, W] in [0, 1] -> z0 [B, 4, h, w] float32 (scaled VAE latents), differentiable.
 
         1. resize to image_size if needed (bilinear, align_corners=False, no antialias)
-        2. x = 2 * images - 1, cast to the prior dtype, in contiguous (NCHW) memory
+        2. x = 2 * images - 1, cast to the VAE dtype, in contiguous (NCHW) memory
         3. VAE encoder with autocast off; mean of the posterior (or a sample, prior.latent)
         4. z0 = (latent - shift_factor) * scaling_factor, float32
         """
@@ -231,7 +288,7 @@ class StableDiffusionPrior(GraphedUNet):
         # contiguous: renders arrive as [B, H, W, 3] memory seen as [B, 3, H, W] (channels_last
         # strides), which every elementwise op keeps; the VAE's convolutions would then answer in
         # channels_last and each GroupNorm copy back: +12 ms per paper step on an H100
-        x = (x * 2.0 - 1.0).to(self.dtype).contiguous()  # [B, 3, S, S]
+        x = (x * 2.0 - 1.0).to(self.vae_dtype).contiguous()  # [B, 3, S, S]
         with torch.autocast(device_type=self.device.type, enabled=False):
             mean, std = self._moments(x)
             if self.latent == "mean":
@@ -268,7 +325,7 @@ class StableDiffusionPrior(GraphedUNet):
     def decode(self, z: Tensor) -> Tensor:
         """z [B, 4, h, w] -> images [B, 3, 8h, 8w] float32 in [0, 1]."""
         assert z.ndim == 4 and z.shape[1] == self.latent_shape[0], f"z must be [B, 4, h, w], got {tuple(z.shape)}"
-        lat = (z.float() / self.scaling_factor + self.shift_factor).to(self.device, self.dtype)
+        lat = (z.float() / self.scaling_factor + self.shift_factor).to(self.device, self.vae_dtype)
         with torch.autocast(device_type=self.device.type, enabled=False):
             x = self.vae.decode(lat).sample
         return ((x.float() + 1.0) / 2.0).clamp(0.0, 1.0)
@@ -310,7 +367,8 @@ def prediction_to_eps(out: Tensor, x_t: Tensor, abar_t: Tensor, prediction_type:
 def load_stable_diffusion(location: str, device: torch.device | str, dtype: str = "auto", latent: str = "mean",
                           single_file_config: str = "", offline: bool = False,
                           name: str | None = None) -> StableDiffusionPrior:
-    """Load what `resolve_prior` returned: a folder, a single file, or a hub id to download first."""
+    """Load what `resolve_prior` returned: a folder, a single file, or a hub id to download first
+    (an SDXL folder or file gives a `sdxl.StableDiffusionXLPrior`)."""
     path = Path(location)
     if path.is_file():
         if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
@@ -319,7 +377,10 @@ def load_stable_diffusion(location: str, device: torch.device | str, dtype: str 
                                                      offline, name=name)
     if not path.is_dir():
         path = download(location)  # a reachable hub id, not cached yet
-    return StableDiffusionPrior.from_pretrained(path, device, dtype, latent, name=name)
+    from .sdxl import StableDiffusionXLPrior, is_sdxl_folder
+
+    cls = StableDiffusionXLPrior if is_sdxl_folder(path) else StableDiffusionPrior
+    return cls.from_pretrained(path, device, dtype, latent, name=name)
 
 
 # ---------------------------------------------------------------------------------------------
