@@ -309,3 +309,28 @@ def test_offload_and_slicing_give_the_same_numbers(tiny_sd_dir, mode):
     # after its forward a text encoder's weights are the kept CPU copies again
     te = swaps[0]
     assert not te.on_device and all(p.data_ptr() == te.home[n].data_ptr() for n, p in te.module.named_parameters())
+
+
+def test_hub_ids_load_from_the_hf_cache_offline_and_fail_in_one_line_otherwise(tiny_sd_dir, tmp_path, monkeypatch):
+    import huggingface_hub.constants as hc
+
+    cache = tmp_path / "hf_cache"
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(cache))
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    T = _lora_tensors(seed=6)
+    for repo_id, name, tensors in (
+            ("someone/tiny-lora", "pytorch_lora_weights.safetensors",
+             {f"unet.{UNET_Q}.lora_A.weight": T["qA"], f"unet.{UNET_Q}.lora_B.weight": T["qB"]}),
+            ("someone/tiny-concept", "learned_embeds.safetensors", {"<cat-toy>": torch.randn(32)})):
+        snap = cache / ("models--" + repo_id.replace("/", "--")) / "snapshots" / sha
+        snap.mkdir(parents=True)
+        (snap.parents[1] / "refs").mkdir()
+        (snap.parents[1] / "refs" / "main").write_text(sha)
+        save_file(tensors, str(snap / name))
+    p = load_prior(PriorConfig(name=tiny_sd_dir, offline=True, lora=("someone/tiny-lora:0.5",),
+                               textual_inversion=("someone/tiny-concept",)), "cpu")
+    assert p.custom["lora"][0]["modules"] == {"unet": 1}
+    assert p.custom["textual_inversion"][0]["token"] == "<cat-toy>"
+    with pytest.raises(PriorError, match="huggingface-cli download someone/not-cached") as e:
+        load_prior(PriorConfig(name=tiny_sd_dir, offline=True, lora=("someone/not-cached",)), "cpu")
+    assert "\n" not in str(e.value)

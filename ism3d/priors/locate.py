@@ -88,6 +88,45 @@ def _offline_error(repo_id: str) -> PriorError:
         f"folder/file with --prior PATH")
 
 
+def weights_file_like(name: str) -> bool:
+    """A name that can only be a local file (a weights suffix, or path-like): never a hub id."""
+    return name.lower().endswith((".pt", ".bin", ".safetensors", ".ckpt")) or _looks_like_path(name)
+
+
+def hub_file_offline_error(what: str, repo_id: str) -> PriorError:
+    """One line for an extra file (LoRA, embedding, VAE) named by a hub id that cannot be had offline."""
+    return PriorError(f"{what} '{repo_id}' is not available offline: download it where there is internet "
+                      f"(huggingface-cli download {repo_id}) and copy the HF cache here, or give a local "
+                      f"file/folder instead")
+
+
+def hub_weights_file(what: str, repo_id: str, prefer: tuple[str, ...], offline: bool = False) -> Path:
+    """The weights file of a small hub repo (a LoRA, an embedding): the HF cache first, the hub if
+    reachable. `prefer`: file names tried first; else the repo's only .safetensors/.bin/.pt file.
+    Raises PriorError (one line)."""
+    from huggingface_hub import snapshot_download
+
+    local = offline or hub_offline() or not hub_reachable()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            folder = Path(snapshot_download(repo_id, local_files_only=local,
+                                            allow_patterns=["*.safetensors", "*.bin", "*.pt"]))
+    except Exception as e:  # not cached offline, unknown repo, network errors
+        if local:
+            raise hub_file_offline_error(what, repo_id) from None
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise PriorError(f"{what} '{repo_id}': cannot download it: {first}") from None
+    for name in prefer:
+        if (folder / name).is_file():
+            return folder / name
+    files = sorted(f for f in folder.rglob("*") if f.suffix in (".safetensors", ".bin", ".pt"))
+    if len(files) != 1:
+        raise PriorError(f"{what} '{repo_id}': {len(files)} weights files in the repo; download the one you "
+                         f"want and give its path")
+    return files[0]
+
+
 def hf_cache_folder(repo_id: str) -> Path | None:
     """The HF-cache snapshot folder (main revision) holding `repo_id`'s model_index.json, or None.
     Never touches the network; the caller checks the folder is complete."""

@@ -18,6 +18,7 @@ another model fails with one line naming the first module that does not fit.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -44,22 +45,22 @@ def _read(src: str, prior, offline: bool) -> tuple[dict, dict, dict]:
     """(state dict, kohya alphas, peft metadata) of one LoRA, keys prefixed by part."""
     from diffusers.loaders.lora_pipeline import StableDiffusionLoraLoaderMixin, StableDiffusionXLLoraLoaderMixin
 
-    from .locate import _looks_like_path as looks_like_path, hub_offline
+    from .locate import hub_weights_file, weights_file_like
 
     p = Path(os.path.expanduser(src))
-    if not p.exists() and looks_like_path(src):
+    if not p.exists() and weights_file_like(src):
         raise PriorError(f"LoRA: no such file: {src}")
+    if not p.exists():  # a hub id: its cached or downloaded file
+        p = hub_weights_file("LoRA", src, ("pytorch_lora_weights.safetensors", "pytorch_lora_weights.bin"), offline)
     loader = StableDiffusionXLLoraLoaderMixin if hasattr(prior, "text_encoder_2") else StableDiffusionLoraLoaderMixin
-    kw = {}
-    if p.is_file():
-        kw = {"weight_name": p.name}
-        src_arg = str(p.parent)
-    else:
-        src_arg = str(p) if p.is_dir() else src
+    kw = {"weight_name": p.name} if p.is_file() else {}
     try:
-        sd, alphas, meta = loader.lora_state_dict(src_arg, unet_config=prior.unet.config, return_lora_metadata=True,
-                                                  local_files_only=offline or hub_offline(), **kw)
-    except Exception as e:  # unreadable file, hub miss, unknown layout: one line
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # huggingface_hub deprecation chatter from diffusers' call
+            sd, alphas, meta = loader.lora_state_dict(str(p.parent) if p.is_file() else str(p),
+                                                      unet_config=prior.unet.config, return_lora_metadata=True,
+                                                      local_files_only=True, **kw)
+    except Exception as e:  # unreadable file, unknown layout: one line
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise PriorError(f"LoRA {src}: cannot read it: {first}") from None
     return sd, _alpha_names(dict(alphas or {})), dict(meta or {})

@@ -144,10 +144,14 @@ class StableDiffusionPrior(GraphedUNet):
         sub = "vae" if (p / "vae" / "config.json").is_file() else None
         local = p.is_dir() or offline or hub_offline() or not hub_reachable()
         try:
-            with quiet_hf():
+            with quiet_hf(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # huggingface_hub deprecation chatter
                 vae = AutoencoderKL.from_pretrained(str(p) if p.is_dir() else src, subfolder=sub,
                                                     local_files_only=local)
         except Exception as e:  # missing folder, hub miss: one line
+            if not p.exists() and local:
+                from .locate import hub_file_offline_error
+                raise hub_file_offline_error("prior.vae", src) from None
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise PriorError(f"prior.vae {src}: cannot load it: {first}") from None
         if vae.config.latent_channels != self.vae.config.latent_channels:

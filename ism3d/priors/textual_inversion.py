@@ -1,7 +1,8 @@
 """Textual inversion: learned token embeddings added to a prior's tokenizer(s) and text encoder(s).
 
-`prior.textual_inversion` takes `PATH` or `PATH:TOKEN` entries (or hub ids). Accepted layouts,
-read through diffusers' own loader (`load_textual_inversion_state_dicts`) where it applies:
+`prior.textual_inversion` takes `PATH` or `PATH:TOKEN` entries (a file, a folder or hub id holding
+learned_embeds.safetensors/.bin, cached or downloadable). The layouts diffusers reads are accepted
+(the token/vector picking is ours, so that each problem is one line):
 - diffusers: one key, `{"<token>": tensor [D] or [n, D]}` (learned_embeds.bin / .safetensors;
   the LucidDreamer reference's `{"<Taylor_Swift>": tensor[1024]}` is this layout);
 - A1111 .pt: `{"string_to_param": {"*": tensor [n, D]}, "name": ...}`;
@@ -26,6 +27,8 @@ from torch import Tensor
 
 from .base import PriorError
 
+# File names of diffusers' textual-inversion repos/folders (learned_embeds.*), tried in this order.
+_FILES = ("learned_embeds.safetensors", "learned_embeds.bin")
 # Widths of the text encoders embedding files are made for (for the error message only).
 _KNOWN_WIDTHS = {768: "SD 1.x / SDXL clip_l", 1024: "SD 2.x", 1280: "SDXL clip_g"}
 
@@ -44,23 +47,22 @@ def split_spec(spec: str) -> tuple[str, str | None]:
 
 def _read(src: str, offline: bool) -> dict:
     """The file's state dict (a local file, or a hub repo holding learned_embeds.*)."""
-    from diffusers.loaders.textual_inversion import load_textual_inversion_state_dicts
-
-    from .locate import _looks_like_path as looks_like_path, hub_offline
+    from .locate import hub_weights_file, weights_file_like
 
     p = Path(os.path.expanduser(src))
-    if not p.exists() and looks_like_path(src):
+    if not p.exists() and weights_file_like(src):
         raise PriorError(f"textual inversion: no such file: {src}")
+    if p.is_dir():
+        p = next((p / n for n in _FILES if (p / n).is_file()), p / _FILES[0])
+    elif not p.exists():  # a hub id: its cached or downloaded file
+        p = hub_weights_file("textual inversion", src, _FILES, offline)
     try:
-        if p.is_file():
-            if p.suffix == ".safetensors":
-                from safetensors.torch import load_file
-                return load_file(str(p))
-            sd = torch.load(str(p), map_location="cpu", weights_only=True)
-            return sd if isinstance(sd, dict) else {"": sd}
-        return load_textual_inversion_state_dicts([str(p) if p.is_dir() else src],
-                                                  local_files_only=offline or hub_offline())[0]
-    except Exception as e:  # unreadable file, hub miss: one line
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            return load_file(str(p))
+        sd = torch.load(str(p), map_location="cpu", weights_only=True)
+        return sd if isinstance(sd, dict) else {"": sd}
+    except Exception as e:  # unreadable file: one line
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise PriorError(f"textual inversion {src}: cannot read it: {first}") from None
 
