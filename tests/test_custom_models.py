@@ -94,6 +94,18 @@ def test_sdxl_view_prompts_and_perp_neg_interpolate_both_encoders(xl_dir):
     torch.testing.assert_close(p.eps(x, t, y), want)
 
 
+def test_ism_step_with_perp_neg_runs_through_the_sdxl_prior(xl_dir):
+    from ism3d.config import GuidanceConfig
+    from ism3d.guidance import make_guidance
+
+    p = load_prior(PriorConfig(name=xl_dir), "cpu")
+    g = make_guidance(p, GuidanceConfig(perp_neg=True, xs_inv_steps=2), "a red cube")
+    img = torch.rand(2, 3, 64, 64, generator=_gen(), requires_grad=True)
+    out = g(img, torch.tensor([0.0, 120.0]), 0.5, _gen(1))
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and img.grad.abs().sum() > 0
+
+
 def test_sdxl_vae_runs_fp32_under_fp16_unless_it_is_fp16_safe(xl_dir, tmp_path):
     from diffusers import AutoencoderKL
 
@@ -254,19 +266,16 @@ def test_lora_for_another_model_names_the_first_mismatching_module(tiny_sd_dir, 
     assert torch.equal(base_w, load_prior(PriorConfig(name=tiny_sd_dir), "cpu").unet.get_submodule(UNET_Q).weight)
 
 
-def test_cli_bad_custom_files_exit_2_with_one_line_and_write_nothing(tiny_sd_dir, tmp_path):
+def test_cli_bad_embedding_exits_2_with_one_line_and_writes_nothing(tiny_sd_dir, tmp_path):
+    """(A LoRA that does not fit raises the same PriorError, tested above through load_prior.)"""
     ti = tmp_path / "wide.safetensors"
     save_file({"<x>": torch.zeros(1024)}, str(ti))
-    lo = tmp_path / "bad_lora.safetensors"
-    save_file({f"unet.{UNET_Q}.lora_A.weight": torch.zeros(2, 320),
-               f"unet.{UNET_Q}.lora_B.weight": torch.zeros(320, 2)}, str(lo))
-    for extra, needle in (([f"prior.textual_inversion={ti}"], "1024"), ([f"prior.lora={lo}"], UNET_Q)):
-        out = tmp_path / "never"
-        r = ism3d("generate", "a red cube", "--preset", "tiny", "--prior", tiny_sd_dir, "--out", str(out),
-                  "--quiet", "render.width=64", "render.height=64", *extra)
-        lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
-        assert r.returncode == 2 and len(lines) == 1 and needle in lines[0], r.stderr
-        assert not out.exists()
+    out = tmp_path / "never"
+    r = ism3d("generate", "a red cube", "--preset", "tiny", "--prior", tiny_sd_dir, "--out", str(out),
+              "--quiet", "render.width=64", "render.height=64", f"prior.textual_inversion={ti}")
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and "1024" in lines[0] and "32" in lines[0], r.stderr
+    assert not out.exists()
 
 
 def test_taylor_swift_config_runs_end_to_end_and_records_tokens_and_loras(wide_dir, tmp_path):
@@ -334,3 +343,17 @@ def test_hub_ids_load_from_the_hf_cache_offline_and_fail_in_one_line_otherwise(t
     with pytest.raises(PriorError, match="huggingface-cli download someone/not-cached") as e:
         load_prior(PriorConfig(name=tiny_sd_dir, offline=True, lora=("someone/not-cached",)), "cpu")
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("mode", ["model", "sequential"])
+def test_offload_on_cuda_keeps_weights_on_the_cpu_between_calls(tiny_sd_dir, mode):
+    base = load_prior(PriorConfig(name=tiny_sd_dir, dtype="fp32", cuda_graphs=False), "cuda")
+    low = load_prior(PriorConfig(name=tiny_sd_dir, dtype="fp32", offload=mode), "cuda")
+    emb = low.embed(["a red car", ""])
+    assert low.text_encoder.get_input_embeddings().weight.device.type == "cpu"
+    x, t = torch.randn(2, 4, 8, 8, device="cuda"), torch.tensor([10, 900], device="cuda")
+    torch.testing.assert_close(low.eps(x, t, emb), base.eps(x, t, emb), rtol=1e-4, atol=1e-4)
+    low.encode(torch.rand(1, 3, 64, 64, device="cuda"))
+    assert next(low.unet.parameters()).device.type == "cpu"   # off the GPU during the VAE pass

@@ -226,6 +226,8 @@ class StableDiffusionPrior(GraphedUNet):
         dt = resolve_dtype(dtype, device)
         cfg_src = config.strip() or inferred_config_repo(path)
         loc = config_source(cfg_src, path, offline)
+        if "refiner" in cfg_src.lower():
+            raise PriorError(f"{path.name}: an SDXL refiner is not a text-to-image model; use an SDXL base model")
         xl = "xl" in cfg_src.lower() or (Path(loc) / "text_encoder_2").is_dir()
         extra = {} if xl else dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
         try:
