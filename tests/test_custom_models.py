@@ -357,3 +357,20 @@ def test_offload_on_cuda_keeps_weights_on_the_cpu_between_calls(tiny_sd_dir, mod
     torch.testing.assert_close(low.eps(x, t, emb), base.eps(x, t, emb), rtol=1e-4, atol=1e-4)
     low.encode(torch.rand(1, 3, 64, 64, device="cuda"))
     assert next(low.unet.parameters()).device.type == "cpu"   # off the GPU during the VAE pass
+
+
+def test_sdxl_kohya_lora_reaches_both_text_encoders_and_the_unet(xl_dir, tmp_path):
+    g = _gen(7)
+    A, B = torch.randn(2, 32, generator=g), torch.randn(32, 2, generator=g)
+    q = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"      # tiny SDXL: Linear [64, 64]
+    qA, qB = torch.randn(2, 64, generator=g), torch.randn(64, 2, generator=g)
+    names = {"lora_te1_" + TE_Q.replace(".", "_"): (A, B), "lora_te2_" + TE_Q.replace(".", "_"): (A, B),
+             "lora_unet_" + q.replace(".", "_"): (qA, qB)}
+    f = tmp_path / "xl_kohya.safetensors"
+    save_file({k2: v for k, (a, b) in names.items()
+               for k2, v in ((f"{k}.lora_down.weight", a.clone()), (f"{k}.lora_up.weight", b.clone()))}, str(f))
+    p = load_prior(PriorConfig(name=xl_dir, lora=(f"{f}:2",)), "cpu")
+    base = load_prior(PriorConfig(name=xl_dir), "cpu")
+    assert p.custom["lora"][0]["modules"] == {"unet": 1, "text_encoder": 1, "text_encoder_2": 1}
+    for net, mod, (a, b) in (("text_encoder", TE_Q, (A, B)), ("text_encoder_2", TE_Q, (A, B)), ("unet", q, (qA, qB))):
+        torch.testing.assert_close(_sub(getattr(p, net), mod).weight, _sub(getattr(base, net), mod).weight + 2 * b @ a)
