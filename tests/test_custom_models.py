@@ -59,8 +59,8 @@ def _gen(seed=0):
 def test_sdxl_embedding_packs_both_encoders_and_eps_matches_a_direct_unet_call(xl_dir):
     p = load_prior(PriorConfig(name=xl_dir), "cpu")
     assert type(p).__name__ == "StableDiffusionXLPrior" and p.image_size == 64
-    emb = p.embed(["a red cube", ""])                                    # [2, 78, 64]
-    assert emb.shape == (2, 78, 64)
+    emb = p.embed(["a red cube", ""])                                    # [2, 78, 32 + 48]
+    assert emb.shape == (2, 78, 80)
     assert torch.count_nonzero(emb[1]) == 0                              # force_zeros_for_empty_prompt
     # independent: both encoders' penultimate states and encoder 2's projection, by hand
     hs = []
@@ -68,10 +68,10 @@ def test_sdxl_embedding_packs_both_encoders_and_eps_matches_a_direct_unet_call(x
         ids = tok(["a red cube"], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
         out = enc(ids, output_hidden_states=True)
         hs.append(out.hidden_states[-2])
-    pooled = out.text_embeds                                             # [1, 32]
+    pooled = out.text_embeds                                             # [1, 48]
     torch.testing.assert_close(emb[0, :77], torch.cat(hs, -1)[0])
-    torch.testing.assert_close(emb[0, 77, :32], pooled[0])
-    assert torch.count_nonzero(emb[0, 77, 32:]) == 0
+    torch.testing.assert_close(emb[0, 77, :48], pooled[0])
+    assert torch.count_nonzero(emb[0, 77, 48:]) == 0
     x, t = torch.randn(1, 4, 8, 8, generator=_gen()), torch.tensor([400])
     want = p.unet(x, t, encoder_hidden_states=torch.cat(hs, -1),
                   added_cond_kwargs={"text_embeds": pooled, "time_ids": torch.tensor([[64., 64, 0, 0, 64, 64]])}).sample
@@ -87,7 +87,7 @@ def test_sdxl_view_prompts_and_perp_neg_interpolate_both_encoders(xl_dir):
     f, s = p.embed(["a red cube, front view", "a red cube, side view"])
     torch.testing.assert_close(y[0], 0.5 * f + 0.5 * s)                 # context and pooled alike
     x, t = torch.randn(1, 4, 8, 8, generator=_gen()), torch.tensor([300])
-    pooled = 0.5 * f[77, :32] + 0.5 * s[77, :32]
+    pooled = 0.5 * f[77, :48] + 0.5 * s[77, :48]
     want = p.unet(x, t, encoder_hidden_states=(0.5 * f[:77] + 0.5 * s[:77])[None],
                   added_cond_kwargs={"text_embeds": pooled[None],
                                      "time_ids": torch.tensor([[64., 64, 0, 0, 64, 64]])}).sample
@@ -124,6 +124,21 @@ def test_sdxl_vae_runs_fp32_under_fp16_unless_it_is_fp16_safe(xl_dir, tmp_path):
     mean = p.vae.encoder(img * 2 - 1)
     mean = p.vae.quant_conv(mean).chunk(2, 1)[0]
     torch.testing.assert_close(p.encode(img), mean * 0.2)
+
+
+def test_sdxl_single_file_loads_the_same_model_as_its_folder(xl_dir, tmp_path):
+    from tiny_sd import save_ldm_single_file_sdxl
+
+    f = save_ldm_single_file_sdxl(xl_dir, tmp_path / "xl.safetensors")
+    a = load_prior(PriorConfig(name=xl_dir), "cpu")
+    b = load_prior(PriorConfig(name=str(f), single_file_config=xl_dir), "cpu")
+    assert type(b).__name__ == "StableDiffusionXLPrior"
+    emb = a.embed(["a red cube"])
+    torch.testing.assert_close(b.embed(["a red cube"]), emb)          # both text encoders, pooled
+    x, t = torch.randn(1, 4, 8, 8, generator=_gen()), torch.tensor([300])
+    torch.testing.assert_close(b.eps(x, t, emb), a.eps(x, t, emb))
+    img = torch.rand(1, 3, 64, 64, generator=_gen(1))
+    torch.testing.assert_close(b.encode(img), a.encode(img))
 
 
 def test_sdxl_resolution_512_style_override_changes_latents_and_time_ids(xl_dir):
@@ -361,16 +376,17 @@ def test_offload_on_cuda_keeps_weights_on_the_cpu_between_calls(tiny_sd_dir, mod
 
 def test_sdxl_kohya_lora_reaches_both_text_encoders_and_the_unet(xl_dir, tmp_path):
     g = _gen(7)
-    A, B = torch.randn(2, 32, generator=g), torch.randn(32, 2, generator=g)
+    A, B = torch.randn(2, 32, generator=g), torch.randn(32, 2, generator=g)      # text encoder 1: 32 wide
+    A2, B2 = torch.randn(2, 48, generator=g), torch.randn(48, 2, generator=g)    # text encoder 2: 48 wide
     q = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"      # tiny SDXL: Linear [64, 64]
     qA, qB = torch.randn(2, 64, generator=g), torch.randn(64, 2, generator=g)
-    names = {"lora_te1_" + TE_Q.replace(".", "_"): (A, B), "lora_te2_" + TE_Q.replace(".", "_"): (A, B),
+    names = {"lora_te1_" + TE_Q.replace(".", "_"): (A, B), "lora_te2_" + TE_Q.replace(".", "_"): (A2, B2),
              "lora_unet_" + q.replace(".", "_"): (qA, qB)}
     f = tmp_path / "xl_kohya.safetensors"
     save_file({k2: v for k, (a, b) in names.items()
-               for k2, v in ((f"{k}.lora_down.weight", a.clone()), (f"{k}.lora_up.weight", b.clone()))}, str(f))
+               for k2, v in ((f"{k}.lora_down.weight", a), (f"{k}.lora_up.weight", b))}, str(f))
     p = load_prior(PriorConfig(name=xl_dir, lora=(f"{f}:2",)), "cpu")
     base = load_prior(PriorConfig(name=xl_dir), "cpu")
     assert p.custom["lora"][0]["modules"] == {"unet": 1, "text_encoder": 1, "text_encoder_2": 1}
-    for net, mod, (a, b) in (("text_encoder", TE_Q, (A, B)), ("text_encoder_2", TE_Q, (A, B)), ("unet", q, (qA, qB))):
+    for net, mod, (a, b) in (("text_encoder", TE_Q, (A, B)), ("text_encoder_2", TE_Q, (A2, B2)), ("unet", q, (qA, qB))):
         torch.testing.assert_close(_sub(getattr(p, net), mod).weight, _sub(getattr(base, net), mod).weight + 2 * b @ a)

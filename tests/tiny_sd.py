@@ -366,15 +366,16 @@ SDXL_BASE_SCHEDULER = {
 
 
 def tiny_sdxl_configs(vocab_size: int = 528) -> dict[str, dict]:
-    """Configs of a tiny SDXL-layout pipeline: latent 8x8x4 <-> image 64x64; text widths 32 + 32
-    (cross_attention_dim 64), pooled width 32, 6 time ids x 8 -> added embedding 32 + 48 = 80."""
+    """Configs of a tiny SDXL-layout pipeline: latent 8x8x4 <-> image 64x64; text widths 32 + 48
+    (cross_attention_dim 80; the widths differ as in SDXL, 768 + 1280, which diffusers' single-file
+    loader relies on), pooled width 48, 6 time ids x 8 -> added embedding 48 + 48 = 96."""
     unet = dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=2,
                 block_out_channels=[32, 64], norm_num_groups=32,
                 down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
                 up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
-                cross_attention_dim=64, attention_head_dim=[2, 4], transformer_layers_per_block=[1, 2],
+                cross_attention_dim=80, attention_head_dim=[2, 4], transformer_layers_per_block=[1, 2],
                 use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
-                projection_class_embeddings_input_dim=80)
+                projection_class_embeddings_input_dim=96)
     vae = dict(in_channels=3, out_channels=3, latent_channels=4, sample_size=64, layers_per_block=1,
                block_out_channels=[16, 16, 32, 32], norm_num_groups=8,
                down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
@@ -383,7 +384,8 @@ def tiny_sdxl_configs(vocab_size: int = 528) -> dict[str, dict]:
               num_hidden_layers=2, max_position_embeddings=77, projection_dim=32, layer_norm_eps=1e-5,
               bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=1)
     return {"unet": unet, "vae": vae, "text_encoder": dict(te, hidden_act="quick_gelu"),
-            "text_encoder_2": dict(te, hidden_act="gelu"), "scheduler": copy.deepcopy(SDXL_BASE_SCHEDULER)}
+            "text_encoder_2": dict(te, hidden_act="gelu", hidden_size=48, intermediate_size=96, projection_dim=48),
+            "scheduler": copy.deepcopy(SDXL_BASE_SCHEDULER)}
 
 
 def sdxl_base_configs() -> dict[str, dict]:
@@ -465,3 +467,34 @@ def make_tiny_sd_wide_text(path: str | Path, text_width: int = 1024, seed: int =
                                    eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     configs["unet"]["cross_attention_dim"] = text_width
     return _build_and_save(path, configs, tok, seed)
+
+
+def save_ldm_single_file_sdxl(folder: str | Path, out_file: str | Path) -> Path:
+    """Write a diffusers SDXL folder as ONE original-layout (SGM) .safetensors file:
+    model.diffusion_model.* (label_emb for the added conditioning), first_stage_model.*,
+    conditioner.embedders.0.transformer.* (CLIP ViT-L, HF keys), conditioner.embedders.1.model.*
+    (OpenCLIP bigG, with text_projection stored transposed as OpenCLIP does)."""
+    from safetensors.torch import load_file, save_file
+
+    folder, out_file = Path(folder), Path(out_file)
+    ucfg = json.loads((folder / "unet" / "config.json").read_text())
+    vcfg = json.loads((folder / "vae" / "config.json").read_text())
+    unet = load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
+    label = {k: unet.pop(k) for k in list(unet) if k.startswith("add_embedding.")}
+    state = _unet_to_ldm(unet, ucfg["layers_per_block"])
+    for k, v in label.items():  # add_embedding.linear_{1,2}.X -> label_emb.0.{0,2}.X
+        i = {"linear_1": "0", "linear_2": "2"}[k.split(".")[1]]
+        state[f"model.diffusion_model.label_emb.0.{i}." + k.split(".", 2)[2]] = v
+    state.update(_vae_to_ldm(load_file(folder / "vae" / "diffusion_pytorch_model.safetensors"),
+                             len(vcfg["block_out_channels"])))
+    te1 = load_file(folder / "text_encoder" / "model.safetensors")
+    for k, v in te1.items():
+        key = k if k.startswith("text_model.") else "text_model." + k
+        state["conditioner.embedders.0.transformer." + key] = v
+    te2 = load_file(folder / "text_encoder_2" / "model.safetensors")
+    proj = te2.pop("text_projection.weight")                                  # [proj, hidden]
+    for k, v in _openclip_to_ldm(te2).items():
+        state[k.replace("cond_stage_model.model.", "conditioner.embedders.1.model.")] = v
+    state["conditioner.embedders.1.model.text_projection"] = proj.T.contiguous()  # [hidden, proj]
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out_file))
+    return out_file
