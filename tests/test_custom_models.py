@@ -99,7 +99,8 @@ def test_ism_step_with_perp_neg_runs_through_the_sdxl_prior(xl_dir):
     from ism3d.guidance import make_guidance
 
     p = load_prior(PriorConfig(name=xl_dir), "cpu")
-    g = make_guidance(p, GuidanceConfig(perp_neg=True, xs_inv_steps=2), "a red cube")
+    g = make_guidance(p, GuidanceConfig(perp_neg=True, xs_inv_steps=1, delta_s=1000, negative_prompt="blurry"),
+                      "a red cube")
     img = torch.rand(2, 3, 64, 64, generator=_gen(), requires_grad=True)
     out = g(img, torch.tensor([0.0, 120.0]), 0.5, _gen(1))
     out.loss.backward()

@@ -226,9 +226,12 @@ class StableDiffusionPrior(GraphedUNet):
         dt = resolve_dtype(dtype, device)
         cfg_src = config.strip() or inferred_config_repo(path)
         loc = config_source(cfg_src, path, offline)
-        if "refiner" in cfg_src.lower():
+        # SDXL: a config folder with a second text encoder, or a hub id naming an XL model
+        repo_name = "" if Path(loc).is_dir() else cfg_src.lower().rsplit("/", 1)[-1]
+        if "refiner" in repo_name or (Path(loc).is_dir() and not (Path(loc) / "text_encoder").is_dir()
+                                      and (Path(loc) / "text_encoder_2").is_dir()):
             raise PriorError(f"{path.name}: an SDXL refiner is not a text-to-image model; use an SDXL base model")
-        xl = "xl" in cfg_src.lower() or (Path(loc) / "text_encoder_2").is_dir()
+        xl = (Path(loc) / "text_encoder_2").is_dir() or "xl" in repo_name
         extra = {} if xl else dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
         try:
             with quiet_hf():
