@@ -114,9 +114,9 @@ def run(plan: Plan, *, prior=None, progress: bool = True, callback=None) -> dict
     prior.check_prompt(plan.prompt)
     w, h, size = cfg.render.width, cfg.render.height, prior.image_size
     if min(w, h) < size:
-        warnings.warn(f"renders are {w}x{h} but the prior {prior.name} works at {size}x{size}: it sees "
-                      f"them upsampled (blurry targets); set render.width={size} render.height={size}",
-                      stacklevel=2)
+        warnings.warn(f"renders are {w}x{h} and the prior {prior.name} works at {size}x{size}: it sees "
+                      f"them upsampled (softer targets; the fast preset's choice, as DreamGaussian's); "
+                      f"render.width={size} render.height={size} renders at its size", stacklevel=2)
     write_text_atomic(out / "config.yaml", C.dump_yaml(cfg))
     result = train(cfg, plan.prompt, prior, out, resume=plan.resume, progress=progress,
                    callback=callback)

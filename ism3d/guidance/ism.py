@@ -4,7 +4,7 @@ The algorithm as shared/spec/ism.md states it (the paper's Eq. 7, Eq. 11 and Alg
 typos; the spec resolves them). Symbols:
 
     z0        prior.encode(render)                      the only tensor with a gradient
-    t, s, dT  timestep, interval start s = max(t - dT, 0), interval length
+    t, s, dT  timestep, interval start s = max(t - dT, t_first), interval length
     x_s       DDIM inversion of z0 to s, empty prompt, no CFG, stride delta_s
     eps_s     eps(x_s, s, empty)                        the ISM target
     x_t       step(x_s, s -> t, eps_s)                  one more inversion step
@@ -76,7 +76,7 @@ class ISMGuidance:
         cfg, prior = self.cfg, self.prior
         calls = {"eps_calls": 0, "eps_rows": 0}
 
-        # 1. timestep t for the whole batch, interval dT, s = max(t - dT, 0)
+        # 1. timestep t for the whole batch, interval dT, s = max(t - dT, t_first)
         t, s, dT = sample_t(warm, cfg, generator)
 
         # 2. z0 = encode(render): the gradient flows back through this call only
@@ -143,7 +143,7 @@ def inversion_steps(s: int, cfg: "GuidanceConfig") -> list[tuple[int, int]]:
         start -> start + delta_s -> ... -> s     (the last step may be shorter; at most
                                                   xs_inv_steps steps, each one prior call)
 
-    When s < t_first (s = 0) it is one small denoising step t_first -> s. When s == start and
+    s >= t_first always (`schedule.sample_t`). When s == start (s == t_first) and
     `skip_identity_inversion`, there is no step (x_s = x_start; the identity call is skipped).
     Benchmarks use it to count calls per step without running them.
     """
@@ -164,8 +164,9 @@ def inversion_steps(s: int, cfg: "GuidanceConfig") -> list[tuple[int, int]]:
 def _check_config(prior: "DiffusionPrior", cfg: "GuidanceConfig") -> None:
     """Settings that cannot work with this prior raise GuidanceError naming the key."""
     T = prior.num_train_timesteps
-    if cfg.t_max_start > T:
-        raise GuidanceError(f"guidance.t_max_start={cfg.t_max_start} exceeds the prior's {T} timesteps")
+    if cfg.t_max_start >= T:
+        raise GuidanceError(f"guidance.t_max_start={cfg.t_max_start} must be below the prior's {T} "
+                            "timesteps (t is an index, both ends included)")
     if not 0 <= cfg.t_first < T:
         raise GuidanceError(f"guidance.t_first={cfg.t_first} must be in [0, {T - 1}]")
     if cfg.perp_neg and not cfg.view_prompts:

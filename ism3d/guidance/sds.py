@@ -6,8 +6,9 @@ Spec (shared/spec/ism.md, step 6), with the same timestep sampler as ISM:
     eps_cfg = CFG at (x_t, t), negative prompt as the unconditional branch (Perp-Neg optional)
     grad    = lambda * w(t) * (eps_cfg - noise)
 
-w(t) by cfg.sds_weighting: "constant" 1 (the reference), "sds" 1 - abar_t (DreamFusion),
-"gamma" sqrt((1 - abar_t) / abar_t) (the ISM weight). Cost: the CFG call only (2B or 4B rows).
+w(t) by cfg.sds_weighting: "gamma" sqrt((1 - abar_t) / abar_t) (the reference LucidDreamer's SDS
+path, the default), "dreamfusion" 1 - abar_t (DreamFusion's w(t)), "constant" 1. Cost: the CFG
+call only (2B or 4B rows).
 """
 from __future__ import annotations
 
@@ -29,14 +30,14 @@ if TYPE_CHECKING:
 
 
 def sds_weight(abar_t: Tensor, weighting: str) -> Tensor:
-    """w(t) for SDS: constant 1 | sds 1 - abar_t | gamma sqrt((1 - abar_t) / abar_t)."""
-    if weighting == "constant":
-        return torch.ones_like(abar_t)
-    if weighting == "sds":
-        return 1 - abar_t
+    """w(t) for SDS: gamma sqrt((1 - abar_t) / abar_t) | dreamfusion 1 - abar_t | constant 1."""
     if weighting == "gamma":
         return gamma(abar_t)
-    raise GuidanceError(f"guidance.sds_weighting must be constant, sds or gamma, got {weighting!r}")
+    if weighting == "dreamfusion":
+        return 1 - abar_t
+    if weighting == "constant":
+        return torch.ones_like(abar_t)
+    raise GuidanceError(f"guidance.sds_weighting must be gamma, dreamfusion or constant, got {weighting!r}")
 
 
 class SDSGuidance:
@@ -50,8 +51,9 @@ class SDSGuidance:
 
     def __init__(self, prior: "DiffusionPrior", cfg: "GuidanceConfig", prompt: str):
         T = prior.num_train_timesteps
-        if cfg.t_max_start > T:
-            raise GuidanceError(f"guidance.t_max_start={cfg.t_max_start} exceeds the prior's {T} timesteps")
+        if cfg.t_max_start >= T:
+            raise GuidanceError(f"guidance.t_max_start={cfg.t_max_start} must be below the prior's {T} "
+                                "timesteps (t is an index, both ends included)")
         if cfg.perp_neg and not cfg.view_prompts:
             raise GuidanceError("guidance.perp_neg needs guidance.view_prompts=true")
         if cfg.reduce not in ("mean", "sum"):
