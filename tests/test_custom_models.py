@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,9 +26,12 @@ TINY_GEN = ["train.iters=2", "train.batch=2", "render.width=64", "render.height=
             "output.mesh_faces=200", "train.checkpoint_every=0", "train.preview_every=0", "camera.decay_every=1"]
 
 
-def ism3d(*args, timeout=600):
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ism3d(*args, timeout=600, cwd=None):
     return subprocess.run([sys.executable, "-m", "ism3d", *args], capture_output=True, text=True,
-                          timeout=timeout, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                          timeout=timeout, env=dict(os.environ, PYTHONUNBUFFERED="1"), cwd=cwd)
 
 
 @pytest.fixture(scope="module")
@@ -294,22 +298,23 @@ def test_cli_bad_embedding_exits_2_with_one_line_and_writes_nothing(tiny_sd_dir,
     assert not out.exists()
 
 
-def test_taylor_swift_config_runs_end_to_end_and_records_tokens_and_loras(wide_dir, tmp_path):
-    """What examples/luciddreamer/ts_lora.yaml needs: a textual-inversion file in the reference's
-    layout, its token in the prompt; plus a LoRA; both recorded in summary.json."""
-    emb = tmp_path / "Taylor_Swift.safetensors"
-    save_file({"<Taylor_Swift>": torch.randn(1024, generator=_gen(5)) * 0.01}, str(emb))
+def test_the_reference_ts_lora_config_runs_with_an_embedding_file(wide_dir, tmp_path):
+    """examples/luciddreamer/ts_lora.yaml as shipped (prior.textual_inversion:
+    step_inv_1000.safetensors:<Taylor_Swift>, a path relative to where ism3d runs), with an
+    embedding file in the reference's layout ({"<Taylor_Swift>": tensor[1024]}) on a tiny SD 2 whose
+    text encoder is 1024 wide; plus a LoRA. Both are recorded in summary.json."""
+    save_file({"<Taylor_Swift>": torch.randn(1024, generator=_gen(5)) * 0.01}, str(tmp_path / "step_inv_1000.safetensors"))
     lo = tmp_path / "lora.safetensors"
     save_file({f"unet.{UNET_Q}.lora_A.weight": torch.randn(2, 32) * 0.01,
                f"unet.{UNET_Q}.lora_B.weight": torch.randn(32, 2) * 0.01}, str(lo))
-    cfg = tmp_path / "ts.yaml"
-    cfg.write_text(f"prior:\n  name: {wide_dir}\n  textual_inversion: {emb}:<Taylor_Swift>\n  lora: {lo}:0.8\n")
     out = tmp_path / "ts"
-    r = ism3d("generate", "A <Taylor_Swift> wearing sunglasses.", "--preset", "tiny", "--config", str(cfg),
-              "--out", str(out), "--quiet", "--device", "cpu", *TINY_GEN)
+    r = ism3d("generate", "A <Taylor_Swift> wearing sunglasses.", "--preset", "paper", "--config",
+              str(ROOT / "examples" / "luciddreamer" / "ts_lora.yaml"), "--prior", wide_dir, "--out", str(out),
+              "--quiet", "--device", "cpu", "init.kind=ball", f"prior.lora={lo}:0.8", *TINY_GEN, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.loads((out / "summary.json").read_text())
-    assert s["prior_custom"]["textual_inversion"][0]["token"] == "<Taylor_Swift>"
+    assert s["prior_custom"]["textual_inversion"] == [
+        {"source": "step_inv_1000.safetensors", "token": "<Taylor_Swift>", "vectors": 1}]
     assert s["prior_custom"]["lora"][0]["scale"] == 0.8
 
 
@@ -391,3 +396,14 @@ def test_sdxl_kohya_lora_reaches_both_text_encoders_and_the_unet(xl_dir, tmp_pat
     assert p.custom["lora"][0]["modules"] == {"unet": 1, "text_encoder": 1, "text_encoder_2": 1}
     for net, mod, (a, b) in (("text_encoder", TE_Q, (A, B)), ("text_encoder_2", TE_Q, (A2, B2)), ("unet", q, (qA, qB))):
         torch.testing.assert_close(_sub(getattr(p, net), mod).weight, _sub(getattr(base, net), mod).weight + 2 * b @ a)
+
+
+def test_missing_custom_files_fail_before_the_model_loads(tiny_sd_dir, monkeypatch):
+    import ism3d.priors.stable_diffusion as sdmod
+
+    monkeypatch.setattr(sdmod, "load_stable_diffusion", lambda *a, **k: pytest.fail("loaded the model"))
+    for kw, needle in ((dict(lora=("gone.safetensors:0.5",)), "LoRA: no such file: gone.safetensors"),
+                       (dict(textual_inversion=("./gone.pt:<x>",)), "textual inversion: no such file: ./gone.pt"),
+                       (dict(vae="./no_vae_dir"), "prior.vae: no such folder")):
+        with pytest.raises(PriorError, match=needle):
+            load_prior(PriorConfig(name=tiny_sd_dir, **kw), "cpu")

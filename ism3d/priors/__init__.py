@@ -56,6 +56,7 @@ def load_prior(cfg: "PriorConfig", device: torch.device | str) -> DiffusionPrior
     from .stable_diffusion import load_stable_diffusion
 
     device = torch.device(device)
+    check_custom_files(cfg)  # a missing LoRA/embedding file fails before the model loads
     loc = resolve_prior(cfg.name, offline=cfg.offline)
     if (loc == "tiny" or is_pixel_prior(loc)) and (cfg.textual_inversion or cfg.lora or cfg.vae):
         raise PriorError(f"prior.textual_inversion, prior.lora and prior.vae need a Stable Diffusion prior, "
@@ -74,6 +75,24 @@ def load_prior(cfg: "PriorConfig", device: torch.device | str) -> DiffusionPrior
     if cfg.compile and cfg.offload == "none" and hasattr(prior, "compile_encoder"):
         prior.compile_encoder()
     return prior
+
+
+def check_custom_files(cfg: "PriorConfig") -> None:
+    """PriorError (one line) for a textual-inversion/LoRA/VAE entry naming a local file that is
+    not there; cheap (hub ids are looked up later, when they are loaded)."""
+    import os
+
+    from . import lora, textual_inversion
+    from .locate import _looks_like_path, weights_file_like
+
+    for what, split, specs in (("textual inversion", textual_inversion.split_spec, cfg.textual_inversion),
+                               ("LoRA", lora.split_spec, cfg.lora)):
+        for spec in specs:
+            src = split(spec)[0]
+            if weights_file_like(src) and not os.path.exists(os.path.expanduser(src)):
+                raise PriorError(f"{what}: no such file: {src}")
+    if cfg.vae and _looks_like_path(cfg.vae) and not os.path.exists(os.path.expanduser(cfg.vae)):
+        raise PriorError(f"prior.vae: no such folder: {cfg.vae}")
 
 
 def customise(prior, cfg: "PriorConfig") -> None:
