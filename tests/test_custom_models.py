@@ -407,3 +407,13 @@ def test_missing_custom_files_fail_before_the_model_loads(tiny_sd_dir, monkeypat
                        (dict(vae="./no_vae_dir"), "prior.vae: no such folder")):
         with pytest.raises(PriorError, match=needle):
             load_prior(PriorConfig(name=tiny_sd_dir, **kw), "cpu")
+
+
+def test_sdxl_preset_is_paper_with_the_dreamer_xl_changes():
+    import ism3d.config as C
+
+    paper, xl = C.to_dict(C.preset_config("paper")), C.to_dict(C.preset_config("sdxl"))
+    diff = {f"{s}.{k}": xl[s][k] for s in paper for k in paper[s] if paper[s][k] != xl[s][k]}
+    assert diff == {"prior.name": "stabilityai/stable-diffusion-xl-base-1.0", "render.width": 1024,
+                    "render.height": 1024, "train.iters": 2500, "guidance.warmup_iters": 750,
+                    "guidance.delta_t": 80, "strategy.densify_until": 1500, "strategy.reset_until": 1500}
