@@ -6,8 +6,9 @@
 Prints ONE JSON object on stdout (progress goes to stderr):
 - "sdxl": one ISM guidance step (the `sdxl` preset's guidance: 4 views, no Perp-Neg) on random
   weights of the full SDXL base architecture (tests/tiny_sd.sdxl_base_configs), at 1024 and 512;
-  ms per iteration (median) and peak GPU memory. The SDXL VAE runs in fp32 (its force_upcast),
-  and once more with an fp16 VAE (what the fp16-fix VAE allows) at 1024.
+  ms per iteration (median) and peak GPU memory. The SDXL VAE runs in fp32 (its force_upcast);
+  once more at 1024 with an fp16 VAE (what the fp16-fix VAE allows), and with prior.offload=model
+  (its VAE-encoder checkpointing). A case that runs out of memory says so and the others go on.
 - "offload": the paper recipe's guidance step (ISM + Perp-Neg, 4 views at 512) on random SD 2.1-base
   weights for prior.offload = none | model | sequential, and model + attention slicing.
 - "cap": the same modes again under torch.cuda.set_per_process_memory_fraction(cap / total): does
@@ -130,36 +131,44 @@ def main() -> None:
            "torch": torch.__version__, "dtype": str(dtype), "iters": args.iters, "warmup": args.warmup,
            "sdxl": [], "offload": [], "cap": []}
 
-    # 1. SDXL at 1024 and 512 (its own fp32 VAE), and 1024 with an fp16 VAE
+    # 1. SDXL at 1024 and 512 (its own fp32 VAE), 1024 with an fp16 VAE, 1024 with offload=model
     if not args.skip_sdxl:
-        cases = [(64, True), (128, True)] if args.tiny else [(1024, True), (512, True), (1024, False)]
-        for size, upcast in cases:
+        cases = [(64, True, "none"), (128, True, "none"), (64, True, "model")] if args.tiny else \
+            [(1024, True, "none"), (512, True, "none"), (1024, False, "none"), (1024, True, "model")]
+        for size, upcast, mode in cases:
             free(device)
-            t0 = time.perf_counter()
-            prior = build_prior("sdxl", device, dtype, args.tiny)
-            if not upcast:  # the fp16-fix VAE's config: force_upcast false
-                prior.vae.to(dtype)
-                prior.vae_dtype = dtype
-            prior.set_resolution(size)
-            prior.enable_cuda_graphs()
-            log(f"sdxl {size} (vae {prior.vae_dtype}): built in {time.perf_counter() - t0:.1f} s")
-            row = time_steps(prior, "sdxl", views, size, args.iters, args.warmup, device)
-            row.update(resolution=size, vae_dtype=str(prior.vae_dtype))
+            row = {"resolution": size, "offload": mode}
+            try:
+                t0 = time.perf_counter()
+                prior = build_prior("sdxl", device, dtype, args.tiny)
+                if not upcast:  # the fp16-fix VAE's config: force_upcast false
+                    prior.vae.to(dtype)
+                    prior.vae_dtype = dtype
+                prior.set_resolution(size)
+                with_mode(prior, mode, False, device)
+                row["vae_dtype"] = str(prior.vae_dtype)
+                log(f"sdxl {size} (vae {prior.vae_dtype}, offload {mode}): built in {time.perf_counter() - t0:.1f} s")
+                row.update(time_steps(prior, "sdxl", views, size, args.iters, args.warmup, device))
+            except torch.OutOfMemoryError as e:
+                row.update(error="out of memory: " + str(e).splitlines()[0][:160])
+            prior = None
             out["sdxl"].append(row)
             log(row)
-            del prior
 
     # 2. SD 2.1-base, paper recipe, each low-VRAM mode
     size = 64 if args.tiny else 512
     modes = [("none", False), ("model", False), ("sequential", False), ("model", True)]
     for mode, slicing in modes:
         free(device)
-        prior = with_mode(build_prior("sd", device, dtype, args.tiny), mode, slicing, device)
-        row = time_steps(prior, "paper", views, size, args.iters, args.warmup, device)
-        row.update(offload=mode, attention_slicing=slicing)
+        row = {"offload": mode, "attention_slicing": slicing}
+        try:
+            prior = with_mode(build_prior("sd", device, dtype, args.tiny), mode, slicing, device)
+            row.update(time_steps(prior, "paper", views, size, args.iters, args.warmup, device))
+        except torch.OutOfMemoryError as e:
+            row.update(error="out of memory: " + str(e).splitlines()[0][:160])
+        prior = None
         out["offload"].append(row)
         log(row)
-        del prior
 
     # 3. the same modes under a process memory cap
     if device.type == "cuda":

@@ -417,3 +417,16 @@ def test_sdxl_preset_is_paper_with_the_dreamer_xl_changes():
     assert diff == {"prior.name": "stabilityai/stable-diffusion-xl-base-1.0", "render.width": 1024,
                     "render.height": 1024, "train.iters": 2500, "guidance.warmup_iters": 750,
                     "guidance.delta_t": 80, "strategy.densify_until": 1500, "strategy.reset_until": 1500}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_sdxl_cuda_graph_replay_equals_the_eager_call(xl_dir):
+    eager = load_prior(PriorConfig(name=xl_dir, cuda_graphs=False), "cuda")
+    graphed = load_prior(PriorConfig(name=xl_dir, cuda_graphs=True), "cuda")
+    emb = eager.embed(["a red cube", ""])
+    x = torch.randn(2, 4, 8, 8, device="cuda")
+    t = torch.tensor([10, 900], device="cuda")
+    for _ in range(2):  # capture, then replay
+        torch.testing.assert_close(graphed.eps(x, t, emb), eager.eps(x, t, emb), rtol=0, atol=0)
+    assert graphed._graphed.replays >= 1
