@@ -152,6 +152,23 @@ class PriorConfig:
     # On CUDA, torch.compile the denoiser (inside its graphs) and the VAE encoder: ~25% faster steps
     # after 1-3 min of compilation the first time (cached on disk for later runs). Ignored elsewhere.
     compile: bool = False
+    # Textual-inversion embeddings, each PATH or PATH:TOKEN (a .pt/.bin/.safetensors file in the
+    # A1111 or diffusers layout, or a hub id); the token (the file's own if not given) then works in
+    # the prompt, e.g. "a photo of <Taylor_Swift>". SDXL files hold clip_l and clip_g.
+    textual_inversion: tuple[str, ...] = ()
+    # LoRAs, each PATH_OR_HUB_ID or PATH_OR_HUB_ID:SCALE (scale 1 if not given; diffusers/peft or
+    # kohya layout, UNet and text-encoder parts), fused into the weights once at load time
+    lora: tuple[str, ...] = ()
+    # Low-VRAM mode: none | model (text encoders wait on the CPU, the UNet leaves the GPU during
+    # the VAE pass; the VAE encoder recomputes its activations in backward) | sequential (the same,
+    # and the UNet streams to the GPU one block at a time: slowest, least memory). Not none turns
+    # CUDA graphs and compile off.
+    offload: Literal["none", "model", "sequential"] = "none"
+    # Compute the UNet's attention in slices (less memory, somewhat slower)
+    attention_slicing: bool = False
+    # A separate VAE folder or hub id replacing the model's own, e.g. the fp16-safe SDXL VAE
+    # madebyollin/sdxl-vae-fp16-fix ("" = the model's own; SDXL's own runs in fp32 under fp16)
+    vae: str = ""
 
 
 @dataclass

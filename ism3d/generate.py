@@ -208,6 +208,7 @@ def make_summary(plan: Plan, result: TrainResult, prior, wall: float, finished: 
         "iterations_planned": cfg.train.iters,
         "guidance": cfg.guidance.method,
         "prior": cfg.prior.name,
+        "prior_custom": getattr(prior, "custom", {}),  # textual inversion tokens, LoRAs, VAE, offload
         "preset": plan.preset,
         "device": device_desc,
         "wall_seconds": round(wall, 3),

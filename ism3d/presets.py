@@ -166,5 +166,24 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
             "output.mesh_faces": 5000,
         },
     ),
+    # `sdxl`: `paper` with the settings Dreamer XL (Miao et al. 2024, arXiv 2405.11252; its
+    # configs/*.yaml, a LucidDreamer derivative distilling SDXL into gaussians) changed: SDXL base,
+    # 2500 iters, warm-up 750, delta_t 80, densification until 1500. Renders at SDXL's 1024. Not
+    # carried over: its pixel-wise gradient clipping and two-path TSM (ISM is TSM's one-path case).
+    "sdxl": (
+        "paper's recipe on SDXL base at 1024x1024: 2500 iters of 4 views, ISM, no Perp-Neg, as "
+        "Dreamer XL (arXiv 2405.11252) (GPU)",
+        {
+            **PAPER,
+            "prior.name": "stabilityai/stable-diffusion-xl-base-1.0",
+            "render.width": 1024,
+            "render.height": 1024,
+            "train.iters": 2500,
+            "guidance.warmup_iters": 750,
+            "guidance.delta_t": 80,
+            "strategy.densify_until": 1500,
+            "strategy.reset_until": 1500,
+        },
+    ),
 }
 DEFAULT_PRESET = "toy"

@@ -52,6 +52,7 @@ import torch
 from torch import Tensor
 
 from .config import StrategyConfig
+from .render.torch_backend import quat_to_rotmat
 
 __all__ = ["DensifyStrategy", "StrategyError", "SPLIT_CHILDREN", "SPLIT_SCALE_DIV"]
 
@@ -62,16 +63,6 @@ SPLIT_SCALE_DIV = 0.8 * SPLIT_CHILDREN
 
 class StrategyError(ValueError):
     """Params, optimizers, state and render info do not fit together."""
-
-
-def _quat_to_rotmat(q: Tensor) -> Tensor:
-    """[M, 4] (w, x, y, z), any norm -> [M, 3, 3] rotation matrices."""
-    w, x, y, z = torch.nn.functional.normalize(q, dim=-1).unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], dim=-1).reshape(-1, 3, 3)
 
 
 class DensifyStrategy:
@@ -210,7 +201,7 @@ class DensifyStrategy:
         # split children: x = mu + R (s * z), z ~ N(0, I); scales s / 1.6
         means = params["means"].detach()
         s = torch.exp(params["scales"].detach()[si])                     # [Ns, 3]
-        rot = _quat_to_rotmat(params["quats"].detach()[si])              # [Ns, 3, 3]
+        rot = quat_to_rotmat(params["quats"].detach()[si])              # [Ns, 3, 3]
         gen = torch.Generator(device=means.device)
         gen.manual_seed((self.seed * 1_000_003 + step) % (2**63))
         z = torch.randn((SPLIT_CHILDREN, si.numel(), 3), generator=gen,

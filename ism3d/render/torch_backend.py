@@ -48,15 +48,20 @@ PAIR_BUDGET_CUDA = 1 << 24  # the same on CUDA (fewer, larger kernels)
 # ---------------------------------------------------------------------------------------------
 # 1. Projection
 # ---------------------------------------------------------------------------------------------
-def quat_scale_to_covar(quats: Tensor, scales: Tensor) -> Tensor:
-    """Sigma = R S S^T R^T [..., N, 3, 3] from (w, x, y, z) quaternions [N, 4] (any norm) and std
-    devs [..., N, 3] (a leading camera axis broadcasts)."""
+def quat_to_rotmat(quats: Tensor) -> Tensor:
+    """[..., 4] (w, x, y, z) quaternions, any norm (normalised first) -> [..., 3, 3] rotations."""
     w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).unbind(-1)
-    R = torch.stack([
+    return torch.stack([
         1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
         2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
         2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
     ], dim=-1).reshape(quats.shape[:-1] + (3, 3))
+
+
+def quat_scale_to_covar(quats: Tensor, scales: Tensor) -> Tensor:
+    """Sigma = R S S^T R^T [..., N, 3, 3] from (w, x, y, z) quaternions [N, 4] (any norm) and std
+    devs [..., N, 3] (a leading camera axis broadcasts)."""
+    R = quat_to_rotmat(quats)                                          # [N, 3, 3]
     M = R * scales[..., None, :]                                       # [..., N, 3, 3] = R S
     return M @ M.transpose(-1, -2)
 
