@@ -1,7 +1,7 @@
 """The CLIP of `ism3d score`: find it cheaply, load it, embed images and captions in batches.
 
 Where the model comes from (`resolve_clip` decides before anything heavy is loaded, the way
-`ism3d.priors.stable_diffusion.resolve_prior` does for Stable Diffusion):
+`ism3d.priors.locate.resolve_prior` does for Stable Diffusion):
 - a local folder written by `CLIPModel.save_pretrained` + `CLIPProcessor.save_pretrained` (a hub
   snapshot is such a folder): config.json with `model_type: clip`, weights, tokenizer files;
 - a hub id (default `openai/clip-vit-large-patch14`): the HF cache is checked first, without the
@@ -101,7 +101,7 @@ def resolve_clip(name: str, offline: bool = False) -> str:
     Raises:
         ScoreError: one line, for a missing or malformed folder or an unavailable hub id.
     """
-    from ..priors.stable_diffusion import hub_offline, hub_reachable
+    from ..priors.locate import hub_offline, hub_reachable
 
     name = (name or "").strip()
     if not name:
