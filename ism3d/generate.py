@@ -121,8 +121,8 @@ def check_prior_location(loc: str, folders: bool = True) -> None:
     if loc == "tiny" or not p.exists() or is_pixel_prior(p):
         return
     if p.is_dir() and folders:
-        from .priors.stable_diffusion import _missing_parts
-        missing = _missing_parts(p)
+        from .priors.locate import missing_parts
+        missing = missing_parts(p)
         if missing:
             raise PriorError(f"{p} is not a complete Stable Diffusion folder: missing "
                              f"{', '.join(missing)} (config or weights)")
@@ -273,9 +273,9 @@ def _run(plan: Plan, *, prior, progress: bool, callback) -> dict:
     prior.check_prompt(plan.prompt)
     w, h, size = cfg.render.width, cfg.render.height, prior.image_size
     if min(w, h) < size:
-        warnings.warn(f"renders are {w}x{h} but the prior {prior.name} works at {size}x{size}: it sees "
-                      f"them upsampled (blurry targets); set render.width={size} render.height={size}",
-                      stacklevel=2)
+        warnings.warn(f"renders are {w}x{h} and the prior {prior.name} works at {size}x{size}: it sees "
+                      f"them upsampled (softer targets; the fast preset's choice, as DreamGaussian's); "
+                      f"render.width={size} render.height={size} renders at its size", stacklevel=2)
     write_text_atomic(out / "config.yaml", C.dump_yaml(cfg))
     result = train(cfg, plan.prompt, prior, out, resume=plan.resume, progress=progress,
                    callback=callback)
@@ -367,6 +367,7 @@ def make_summary(plan: Plan, result: TrainResult, prior, wall: float, finished: 
         "iterations_planned": cfg.train.iters,
         "guidance": cfg.guidance.method,
         "prior": cfg.prior.name,
+        "prior_custom": getattr(prior, "custom", {}),  # textual inversion tokens, LoRAs, VAE, offload
         "preset": plan.preset,
         "device": device_desc,
         "wall_seconds": round(wall, 3),

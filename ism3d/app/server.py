@@ -31,6 +31,7 @@ import gradio as gr
 
 from .. import config as C
 from ..export.splat_view import viewer_ply
+from ..score.runs import score_text
 from .form import (MAX_FIELD_CHARS, MAX_OVERRIDES_CHARS, UI_MAX_PROMPT_CHARS, AppError, JobRequest,
                    one_line)
 from .jobs import TERMINAL, JobEvent, JobManager, status_text
@@ -58,6 +59,13 @@ def preset_fields(name: str) -> tuple:
 
 def _owner(request: gr.Request | None) -> str:
     return (request.session_hash if request is not None else None) or "anonymous"
+
+
+def gallery_caption(r) -> str:
+    """A gallery entry's caption: prompt · status (step/total when stopped), and the CLIP score
+    when `ism3d score` scored the run (RUN/clip_score.json)."""
+    return (f"{r.prompt} · {r.status}" + (f" {r.step}/{r.total}" if r.status == "stopped" else "")
+            + (f" · {s}" if (s := score_text(r.path, short=True)) else ""))
 
 
 def _placeholder_png() -> str:
@@ -180,9 +188,7 @@ def build_app(manager: JobManager) -> gr.Blocks:
 
         def gallery_updates() -> dict:
             runs = manager.gallery()[:GALLERY_MAX]
-            items = [(str(r.image) if r.image else placeholder,
-                      f"{r.prompt} · {r.status}"
-                      + (f" {r.step}/{r.total}" if r.status == "stopped" else ""))
+            items = [(str(r.image) if r.image else placeholder, gallery_caption(r))
                      for r in runs]
             return {gallery: items, names: [r.name for r in runs]}
 
@@ -245,6 +251,8 @@ def build_app(manager: JobManager) -> gr.Blocks:
             rec = read_record(run_dir) or {}
             out = {**result_updates(run_dir), **viewer_updates(run_dir)}
             out[status] = f"Showing `{run_dir.name}` ({rec.get('status', 'running')})."
+            if (scored := score_text(run_dir)) is not None:   # `ism3d score` ran on it
+                out[status] += f" {scored}."
             return out
 
         queued = {"concurrency_limit": slots, "concurrency_id": "device",
