@@ -67,14 +67,15 @@ import torch
 
 from ..render.sh import SH_C0
 from ..types import Gaussians
-from .mesh_files import MESH_EXTS, WORLD_TO_FILE, _check_ext, glb_bytes, srgb_to_linear, write_mesh
+from .mesh_files import (MESH_EXTS, WORLD_TO_FILE, _check_ext, glb_bytes, srgb_to_linear,
+                         write_mesh, write_textured_mesh)
 from .mesh_grid import (CLOSE_VOXELS, SHEET_FLOOR, DensityGrid, MeshError, _colors, _covariances,
                         _cpu, _select, density_grid)
 
 __all__ = [
     "MeshError", "MESH_EXTS", "WORLD_TO_FILE", "DensityGrid", "density_grid", "gaussians_to_mesh",
     "vertex_colors", "srgb_to_linear", "glb_bytes", "write_mesh", "export_mesh",
-    "export_mesh_from_ply", "SH_C0",
+    "export_mesh_from_ply", "texture_mesh", "SH_C0",
 ]
 
 _COLOR_K = 16                   # gaussians per vertex for the colours
@@ -274,28 +275,61 @@ def gaussians_to_mesh(gaussians: Gaussians, resolution: int = 256, faces: int = 
     rgba = np.concatenate([np.round(rgb * 255.0), np.full((len(rgb), 1), 255.0)], 1)
     mesh.visual = trimesh.visual.ColorVisuals(mesh, vertex_colors=rgba.astype(np.uint8))
     lap("colours")
-    st.update(grid=tuple(grid.values.shape), gaussians=len(g), mc_faces=len(tris),
+    st.update(grid=tuple(grid.values.shape), h=grid.h, gaussians=len(g), mc_faces=len(tris),
               faces=len(mesh.faces), vertices=len(mesh.vertices))
     return mesh
 
 
+def texture_mesh(mesh, gaussians: Gaussians, size: int = 1024, min_opacity: float = 0.01,
+                 h: float = 0.0):
+    """Bake a base-colour texture for a `gaussians_to_mesh` result (export/mesh_texture.py).
+
+    Args:
+        mesh: trimesh.Trimesh in world coordinates.
+        gaussians: the activated gaussians it was made from.
+        size: texture side in texels.
+        min_opacity: the same opacity cut as the mesh's.
+        h: the density grid's voxel side (stats["h"]): the colour weights use its floor.
+    Returns:
+        TexturedMesh (world frame).
+    """
+    from .mesh_texture import bake_texture, field_colour
+
+    g = _select(_cpu(gaussians), min_opacity)
+    normals = np.asarray(mesh.vertex_normals, dtype=np.float64)
+    return bake_texture(np.asarray(mesh.vertices), np.asarray(mesh.faces), normals,
+                        field_colour(g, floor=SHEET_FLOOR * h), size=size)
+
+
 def export_mesh(gaussians: Gaussians, path: str | os.PathLike, resolution: int = 256,
-                faces: int = 100_000, threshold: float = 0.5, **kwargs) -> Path:
-    """`gaussians_to_mesh` then `write_mesh` (.glb or .obj, checked before any work).
+                faces: int = 100_000, threshold: float = 0.5, texture_size: int = 0,
+                stats: dict | None = None, **kwargs) -> Path:
+    """`gaussians_to_mesh` then `write_mesh` (.glb or .obj, checked before any work); with
+    `texture_size` > 0 the mesh gets a UV atlas and a baked base-colour texture of that size
+    instead of vertex colours (`texture_mesh`, `write_textured_mesh`).
 
     Returns:
         the written path.
     """
     _check_ext(path)
+    if texture_size and not 16 <= texture_size <= 8192:
+        raise MeshError(f"the texture size must be between 16 and 8192, got {texture_size}")
+    st = stats if stats is not None else {}
     mesh = gaussians_to_mesh(gaussians, resolution=resolution, faces=faces,
-                             threshold=threshold, **kwargs)
-    return write_mesh(mesh, path)
+                             threshold=threshold, stats=st, **kwargs)
+    if not texture_size:
+        return write_mesh(mesh, path)
+    t0 = time.perf_counter()
+    tm = texture_mesh(mesh, gaussians, texture_size, kwargs.get("min_opacity", 0.01), st["h"])
+    st.update(texture=time.perf_counter() - t0, vertices=len(tm.vertices))
+    return write_textured_mesh(tm, path)
 
 
 def export_mesh_from_ply(ply_path: str | os.PathLike, path: str | os.PathLike,
                          resolution: int = 256, faces: int = 100_000, threshold: float = 0.5,
-                         **kwargs) -> Path:
-    """Mesh a 3DGS .ply file (what `ism3d export` runs).
+                         unmarked: str = "z-up", **kwargs) -> Path:
+    """Mesh a 3DGS .ply file (what `ism3d export` runs); `unmarked` is the frame of a PLY that
+    does not name its own (ply.load_ply).
 
     Raises:
         PlyError: not a readable 3DGS PLY. MeshError: see `gaussians_to_mesh`.
@@ -304,7 +338,7 @@ def export_mesh_from_ply(ply_path: str | os.PathLike, path: str | os.PathLike,
     from ..scene import activate
 
     _check_ext(path)
-    params, sh_degree = load_ply(ply_path)
+    params, sh_degree = load_ply(ply_path, unmarked=unmarked)
     with torch.no_grad():
         gaussians = activate(params, sh_degree)
     return export_mesh(gaussians, path, resolution=resolution, faces=faces,

@@ -1,5 +1,6 @@
 """Mesh files (ism3d/export/mesh.py, last step): a world-frame mesh written as .glb or .obj in the
-file frame (y-up, front +Z), atomically. The GLB writer is our own few lines (`glb_bytes`).
+file frame (y-up, front +Z), atomically: vertex colours (`glb_bytes`, our own few lines) or a
+baked texture (`textured_glb_bytes`; OBJ + MTL + PNG).
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import numpy as np
 from .mesh_grid import MeshError
 from .video import atomic_write
 
-__all__ = ["MESH_EXTS", "WORLD_TO_FILE", "srgb_to_linear", "glb_bytes", "write_mesh"]
+__all__ = ["MESH_EXTS", "WORLD_TO_FILE", "srgb_to_linear", "glb_bytes", "write_mesh",
+           "textured_glb_bytes", "write_textured_mesh"]
 
 MESH_EXTS = (".glb", ".obj")
 
@@ -139,3 +141,96 @@ def write_mesh(mesh, path: str | os.PathLike) -> Path:
         data = trimesh.exchange.obj.export_obj(out, include_normals=True, include_color=True,
                                                include_texture=False).encode("utf-8")
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+# ---------------------------------------------------------------------------------------------
+# Textured meshes (export/mesh_texture.py): GLB with a PBR base-colour texture, OBJ + MTL + PNG
+# ---------------------------------------------------------------------------------------------
+def textured_glb_bytes(vertices: np.ndarray, faces: np.ndarray, normals: np.ndarray,
+                       uv: np.ndarray, png: bytes) -> bytes:
+    """A binary glTF 2.0 with one textured triangle primitive.
+
+    Args:
+        vertices: [V, 3] file-frame positions; faces: [F, 3] (CCW from outside); normals: [V, 3]
+        unit; uv: [V, 2] in [0, 1] with v = 0 at the image's top (glTF's UV origin);
+        png: the base-colour image (sRGB-encoded, as glTF's baseColorTexture is defined).
+    Returns:
+        the .glb bytes. Material: pbrMetallicRoughness with baseColorTexture, metallic 0 and
+        roughness 1 as plain factors (we know nothing of either, and glTF's default metallic 1
+        renders a dielectric object near black), double-sided off (the surface is closed).
+    """
+    from .splats import glb_pack
+
+    V, F = len(vertices), len(faces)
+    assert vertices.shape == (V, 3) and normals.shape == (V, 3) and uv.shape == (V, 2)
+    assert faces.shape == (F, 3)
+    pos = np.ascontiguousarray(vertices, dtype="<f4")
+    blobs = [pos.tobytes(), np.ascontiguousarray(normals, dtype="<f4").tobytes(),
+             np.ascontiguousarray(uv, dtype="<f4").tobytes(),
+             np.ascontiguousarray(faces, dtype="<u4").tobytes(), png]
+    views, offset = [], 0
+    for i, blob in enumerate(blobs):
+        view = {"buffer": 0, "byteOffset": offset, "byteLength": len(blob)}
+        if i < 4:
+            view["target"] = 34963 if i == 3 else 34962
+        views.append(view)
+        offset += len(blob) + (-len(blob) % 4)
+    binary = b"".join(b + b"\0" * (-len(b) % 4) for b in blobs)
+    doc = {
+        "asset": {"version": "2.0", "generator": "ism3d"},
+        "scene": 0, "scenes": [{"nodes": [0]}], "nodes": [{"mesh": 0}],
+        "meshes": [{"primitives": [{"attributes": {"POSITION": 0, "NORMAL": 1, "TEXCOORD_0": 2},
+                                    "indices": 3, "material": 0, "mode": 4}]}],
+        "materials": [{"name": "baked", "pbrMetallicRoughness": {
+            "baseColorTexture": {"index": 0}, "metallicFactor": 0.0, "roughnessFactor": 1.0}}],
+        "textures": [{"sampler": 0, "source": 0}],
+        "samplers": [{"magFilter": 9729, "minFilter": 9987, "wrapS": 33071, "wrapT": 33071}],
+        "images": [{"bufferView": 4, "mimeType": "image/png"}],
+        "buffers": [{"byteLength": len(binary)}],
+        "bufferViews": views,
+        "accessors": [
+            {"bufferView": 0, "componentType": 5126, "count": V, "type": "VEC3",
+             "min": pos.min(0).tolist(), "max": pos.max(0).tolist()},
+            {"bufferView": 1, "componentType": 5126, "count": V, "type": "VEC3"},
+            {"bufferView": 2, "componentType": 5126, "count": V, "type": "VEC2"},
+            {"bufferView": 3, "componentType": 5125, "count": 3 * F, "type": "SCALAR",
+             "min": [int(faces.min())], "max": [int(faces.max())]},
+        ],
+    }
+    return glb_pack(doc, binary)
+
+
+def _obj_text(vertices, faces, normals, uv, mtl_name: str) -> str:
+    """OBJ with v / vt (v flipped: OBJ's UV origin is the bottom left) / vn and one material."""
+    f1 = faces + 1
+    lines = [f"# ism3d textured mesh: y-up, front +Z, metres\nmtllib {mtl_name}\nusemtl baked\n",
+             "".join(f"v {x:.6f} {y:.6f} {z:.6f}\n" for x, y, z in vertices),
+             "".join(f"vt {u:.6f} {1.0 - v:.6f}\n" for u, v in uv),
+             "".join(f"vn {x:.5f} {y:.5f} {z:.5f}\n" for x, y, z in normals),
+             "".join(f"f {a}/{a}/{a} {b}/{b}/{b} {c}/{c}/{c}\n" for a, b, c in f1)]
+    return "".join(lines)
+
+
+def write_textured_mesh(tm, path: str | os.PathLike) -> Path:
+    """Write a world-frame TexturedMesh as .glb (texture inside) or .obj (+ .mtl and .png beside
+    it, same stem), in the file frame, each file atomically (the .obj last, so an .obj on disk
+    always finds its material and image)."""
+    from .mesh_texture import png_bytes
+
+    ext = _check_ext(path)
+    path = Path(path)
+    verts = tm.vertices @ WORLD_TO_FILE.T
+    normals = tm.normals @ WORLD_TO_FILE.T
+    bad = ~np.isfinite(normals).all(1) | (np.linalg.norm(normals, axis=1) < 0.5)
+    normals[bad] = (0.0, 1.0, 0.0)
+    png = png_bytes(tm.texture)
+    if ext == ".glb":
+        data = textured_glb_bytes(verts, tm.faces, normals, tm.uv, png)
+        return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    png_path, mtl_path = path.with_suffix(".png"), path.with_suffix(".mtl")
+    mtl = ("# ism3d baked base colour\nnewmtl baked\nKa 0 0 0\nKd 1 1 1\nKs 0 0 0\nd 1\nillum 1\n"
+           f"map_Kd {png_path.name}\n")
+    atomic_write(png_path, lambda tmp: Path(tmp).write_bytes(png))
+    atomic_write(mtl_path, lambda tmp: Path(tmp).write_text(mtl))
+    text = _obj_text(verts, tm.faces, normals, tm.uv, mtl_path.name)
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
