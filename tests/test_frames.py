@@ -26,7 +26,7 @@ def random_params(n: int = 200, sh_degree: int = 1, seed: int = 0) -> dict[str, 
             "quats": torch.randn(n, 4, generator=g),
             "opacities": torch.randn(n, generator=g) + 1.0,
             "sh0": torch.randn(n, 1, 3, generator=g) * 0.5,
-            "shN": torch.randn(n, k1, 3, generator=g) * 0.3}
+            "shN": torch.randn(n, k1, 3, generator=g) * 0.1}
 
 
 def test_file_frames_put_up_and_front_where_each_ecosystem_expects():

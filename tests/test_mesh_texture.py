@@ -9,12 +9,11 @@ import struct
 
 import numpy as np
 import pytest
-import torch
 import trimesh
 from PIL import Image
 
 from ism3d.export import mesh as M
-from ism3d.export.mesh_texture import bake_texture, field_colour
+from ism3d.export.mesh_texture import field_colour
 from test_mesh import fibonacci_sphere, surface_gaussians, validate_gltf
 
 

@@ -159,3 +159,56 @@ def test_bad_extension_and_empty_scene_are_refused(tmp_path):
     with pytest.raises(SplatError, match="24-bit"):
         write_splats(far, 0, tmp_path / "g.spz")
     assert not any(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------------------------------------
+# `ism3d export` to every splat format, from another tool's PLY (no frame mark: read as y-down)
+# ---------------------------------------------------------------------------------------------
+def third_party_ply(path: Path, p: dict, deg: int) -> None:
+    """A 3DGS PLY as other tools write it: y-down values, no ism3d comment line."""
+    from ism3d.ply import save_ply
+    save_ply(path, p, deg, frame="y-down")
+    path.write_bytes(path.read_bytes().replace(b"comment ism3d frame y-down\n", b""))
+
+
+def test_cli_exports_each_format_from_a_third_party_ply(tmp_path, capsys):
+    from ism3d import cli
+    from ism3d.ply import load_ply, read_ply_frame
+
+    p = random_params(120, deg=1, seed=5)                  # world frame
+    src = tmp_path / "other_tool.ply"
+    third_party_ply(src, p, 1)
+    assert read_ply_frame(src) is None
+    for name, extra in (("a.spz", []), ("a.splat", []), ("a.html", []),
+                        ("a.glb", ["--kind", "splats"]), ("a.ply", ["--sh-degree", "3"])):
+        rc = cli.main(["export", str(src), "--out", str(tmp_path / name), *extra])
+        out = capsys.readouterr()
+        assert rc == 0, out.err
+        assert "120 gaussians" in out.out
+    # read as y-down, the gaussians come back in our world frame: the SPZ decodes to the same
+    # file-frame values as the input, and the re-written PLY (marked y-down, padded) too
+    v = splat_transform_to_ply(tmp_path / "a.spz", tmp_path / "back.ply")
+    raw = read_ply_vertices(src)
+    np.testing.assert_allclose(v["x"], raw["x"], atol=0.5 / 4096 + 1e-6)
+    np.testing.assert_allclose(v["y"], raw["y"], atol=0.5 / 4096 + 1e-6)
+    q, deg = load_ply(tmp_path / "a.ply")
+    assert read_ply_frame(tmp_path / "a.ply") == "y-down" and deg == 3
+    torch.testing.assert_close(q["means"].detach(), p["means"], atol=1e-6, rtol=1e-5)
+    assert "<script" in (tmp_path / "a.html").read_text()[:5000]
+
+
+@pytest.mark.parametrize("name, extra, message", [
+    ("a.obj", ["--kind", "splats"], "--kind splats cannot write a .obj"),
+    ("a.spz", ["--kind", "mesh"], "--kind mesh cannot write a .spz"),
+    ("a.stl", [], "--out must end in"),
+    ("a.ply", ["--sh-degree", "4"], "--sh-degree"),
+])
+def test_cli_export_bad_requests_exit_2_with_one_line(tmp_path, capsys, name, extra, message):
+    from ism3d import cli
+
+    src = tmp_path / "g.ply"
+    third_party_ply(src, random_params(10, 0), 0)
+    rc = cli.main(["export", str(src), "--out", str(tmp_path / "o" / name), *extra])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "o").exists()
