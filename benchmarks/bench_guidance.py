@@ -1,5 +1,6 @@
-"""One guidance step (ISM and SDS) at the paper recipe, on random weights of the exact SD-2.1-base
-architecture (speed and memory do not depend on weight values).
+"""How long does one guidance step take, and how much GPU memory? One guidance step (ISM and
+SDS) at the paper recipe, on random weights of the exact SD-2.1-base architecture (speed and
+memory do not depend on weight values).
 
     python benchmarks/bench_guidance.py [--device cuda] [--iters 30] [--views 4] [--size 512]
 

@@ -1,5 +1,6 @@
-"""init.kind=shap-e on the exact openai/shap-e architecture with random weights: time and memory
-of each step of the text-to-3D initialisation (speed and memory do not depend on weight values).
+"""What does a text-to-3D initialisation cost? init.kind=shap-e on the exact openai/shap-e
+architecture with random weights: time and memory of each step of the text-to-3D
+initialisation (speed and memory do not depend on weight values).
 
     python benchmarks/bench_init.py [--device cuda] [--runs 2] [--grid 128] [--steps 64]
 

@@ -1,25 +1,31 @@
-"""Mesh export on the CPU: how long `gaussians_to_mesh` + GLB write takes for N gaussians, and how
-close the textured / vertex-coloured mesh looks to the gaussians.
+"""How long does mesh export take, and what does the grid resolution cost in accuracy? (CPU)
 
     python benchmarks/bench_mesh.py                       # 100k gaussians, resolution 256
     python benchmarks/bench_mesh.py --n 100000 --resolution 512 --repeats 1
+    python benchmarks/bench_mesh.py --ply RUN/gaussians.ply [--resolutions 256,192,128]
     python benchmarks/bench_mesh.py --texture 1024 --faces 20000 --repeats 1   # + UV atlas and bake
-    python benchmarks/bench_mesh.py --quality             # PSNR / IoU on the eval ring (JSON line)
-    python benchmarks/bench_mesh.py --quality --ply outputs/a_red_cube/gaussians.ply
+    python benchmarks/bench_mesh.py --quality --resolution 128 --faces 20000  # PSNR / IoU, JSON lines
+    python benchmarks/bench_mesh.py --quality --ply RUN/gaussians.ply ...
 
---quality: for each ToyWorld object (or --ply), the gaussians are rendered on the eval ring
-(--views views at --size px, polar 90 and 60, white) and so is the exported mesh, twice: with its
-vertex colours and with its baked texture (our own z-buffered numpy rasteriser below, unlit, as
-the colours are baked), and the script prints the silhouette IoU, the PSNR inside the union of
-the silhouettes (ism3d/eval/metrics.py, as `ism3d eval` scores; silhouette misses dominate it) and
-the PSNR where both cover the pixel (colour alone), one JSON object per line.
+Synthetic scenes (default): `gaussians_to_mesh` + GLB write for N gaussians. Scenes are built
+here: N points uniform on the sphere of radius 0.5 ("shell", a surface as a trained 3DGS object
+has) or uniform in the ball ("ball", a volume); isotropic scales = mean distance to the 3 nearest
+neighbours, random rotations, opacity 0.9, random degree-0 colours. Prints seconds per stage
+(density grid, surface = closing + marching cubes, cleanup, decimation, colours, GLB write) for
+the best of --repeats runs (the figure to quote on a shared CPU, where other processes inflate
+the others) and the median total.
 
-Scenes are built here: N points uniform on the sphere of radius 0.5 ("shell", a surface as a
-trained 3DGS object has) or uniform in the ball ("ball", a volume); isotropic scales = mean
-distance to the 3 nearest neighbours, random rotations, opacity 0.9, random degree-0 colours.
-Prints seconds per stage (density grid, surface = closing + marching cubes, cleanup, decimation,
-colours, GLB write) for the best of --repeats runs (the figure to quote on a shared CPU, where
-other processes inflate the others) and the median total.
+A real result (--ply): `export_mesh` of that 3DGS file at each of --resolutions (the first is the
+reference) -- seconds and faces -- and the symmetric surface distance of each mesh to the first
+one (50,000 surface samples each way; mean and 95th percentile, in world units). This is how the
+`toy` preset's 128^3 was chosen (docs/experiments/cpu-main-job.md).
+
+Textured vs vertex colours (--quality): for each ToyWorld object (or --ply), the gaussians are
+rendered on the eval ring (--views views at --size px, polar 90 and 60, white) and so is the
+exported mesh, twice: with its vertex colours and with its baked texture (our own z-buffered numpy
+rasteriser below, unlit, as the colours are baked). Prints the silhouette IoU, the PSNR inside
+the union of the silhouettes (ism3d/eval/metrics.py, as `ism3d eval` scores; silhouette misses
+dominate it) and the PSNR where both cover the pixel (colour alone), one JSON object per line.
 """
 from __future__ import annotations
 
@@ -32,7 +38,7 @@ from pathlib import Path
 import torch
 from scipy.spatial import cKDTree
 
-from ism3d.export.mesh import gaussians_to_mesh, texture_mesh, write_mesh
+from ism3d.export.mesh import export_mesh, gaussians_to_mesh, texture_mesh, write_mesh
 from ism3d.export.mesh_files import write_textured_mesh
 from ism3d.types import Gaussians
 
@@ -49,6 +55,35 @@ def make_scene(kind: str, n: int, seed: int = 0) -> Gaussians:
                      torch.full((n,), 0.9), torch.randn(n, 1, 3, generator=g) * 0.5, 0)
 
 
+def resolution_distances(ply: Path, resolutions: list[int], faces: int) -> None:
+    """--ply: time and faces per resolution; surface distance of each mesh to the first one's."""
+    import numpy as np
+    import trimesh
+
+    from ism3d.ply import load_ply
+    from ism3d.scene import activate
+
+    params, deg = load_ply(ply)
+    g = activate({k: v.detach() for k, v in params.items()}, deg)
+    samples = {}
+    with tempfile.TemporaryDirectory() as d:
+        for res in resolutions:
+            path = Path(d) / f"m{res}.glb"
+            t0 = time.perf_counter()
+            export_mesh(g, path, resolution=res, faces=faces)
+            dt = time.perf_counter() - t0
+            mesh = trimesh.load(path, force="mesh")
+            samples[res] = np.asarray(trimesh.sample.sample_surface(mesh, 50_000, seed=0)[0])
+            line = f"resolution {res}: {dt:.1f} s, {len(mesh.faces)} faces"
+            if res != resolutions[0]:
+                a = cKDTree(samples[resolutions[0]]).query(samples[res])[0]
+                b = cKDTree(samples[res]).query(samples[resolutions[0]])[0]
+                both = np.concatenate([a, b])
+                line += (f", distance to the {resolutions[0]}^3 mesh: mean {both.mean():.4f}, "
+                         f"p95 {np.percentile(both, 95):.4f}")
+            print(line, flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=100_000, help="gaussians (100000)")
@@ -56,14 +91,20 @@ def main() -> None:
     ap.add_argument("--faces", type=int, default=100_000, help="face budget (100000)")
     ap.add_argument("--kinds", default="shell,ball", help="scenes: shell,ball")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--ply", type=Path, help="instead: a real result's gaussians.ply at --resolutions")
+    ap.add_argument("--resolutions", default="256,192,128",
+                    help="with --ply: grid resolutions, the first is the reference (256,192,128)")
     ap.add_argument("--texture", type=int, default=0, help="also unwrap + bake a TxT texture (0)")
-    ap.add_argument("--quality", action="store_true", help="the PSNR / IoU figure instead")
-    ap.add_argument("--ply", default=None, help="--quality: a 3DGS .ply instead of ToyWorld")
+    ap.add_argument("--quality", action="store_true",
+                    help="instead: textured vs vertex-coloured mesh against the gaussians' renders")
     ap.add_argument("--views", type=int, default=8, help="--quality: views per ring (8)")
     ap.add_argument("--size", type=int, default=128, help="--quality: render size (128)")
     args = ap.parse_args()
     if args.quality:
         return quality(args)
+    if args.ply:
+        resolution_distances(args.ply, [int(r) for r in args.resolutions.split(",")], args.faces)
+        return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"n={args.n} resolution={args.resolution} faces={args.faces}")
     for kind in args.kinds.split(","):

@@ -1,4 +1,5 @@
-"""Render timing: forward and forward+backward ms of `ism3d.render.render`, 4 views per call.
+"""How fast is the renderer, per backend and scene size? Forward and forward+backward ms of
+`ism3d.render.render`, 4 views per call.
 
     python benchmarks/bench_render.py --device cpu      # torch backend: 5k gaussians at 64x64, ...
     python benchmarks/bench_render.py --device cuda     # both backends, up to 100k at 512x512

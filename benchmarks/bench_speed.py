@@ -1,4 +1,5 @@
-"""Training speed per preset: per-phase breakdown, ms/iteration, minutes per asset, peak memory,
+"""How fast does each preset train on this machine, and where does a step's time go? Training
+speed per preset: per-phase breakdown, ms/iteration, minutes per asset, peak memory,
 side by side with a straightforward eager baseline of the same math (issue #11).
 
     python benchmarks/bench_speed.py [--presets paper,fast,toy] [--iters 40] [--warmup 8]
@@ -53,7 +54,9 @@ PHASES = ["render_fwd", "encode_fwd", "inversion", "target", "cfg", "encode_bwd"
 def render_views_one_by_one(render):
     """The reference's rendering: one rasterizer call per view; statistics of the last view."""
     def per_view(g, cams, bg, **kw):
-        outs = [render(g, cams[i:i + 1], bg[i:i + 1], **kw) for i in range(len(cams))]
+        def view(i):                          # scale augmentation: view i's own scales [N, 3]
+            return replace(g, scales=g.scales[i]) if g.scales.dim() == 3 else g
+        outs = [render(view(i), cams[i:i + 1], bg[i:i + 1], **kw) for i in range(len(cams))]
         return RenderOut(rgb=torch.cat([o.rgb for o in outs]), alpha=torch.cat([o.alpha for o in outs]),
                          depth=torch.cat([o.depth for o in outs]), info=outs[-1].info)
     return per_view

@@ -1,4 +1,5 @@
-"""Where a ToyWorld result differs from the true object: size, colour or shape (issue 5).
+"""Where does a ToyWorld result differ from the true object: size, colour, placement or shape?
+(issue 5; for ISM vs SDS over a whole eval, `toy_paired.py --anatomy`)
 
     python benchmarks/toy_diagnose.py RUN_DIR [RUN_DIR ...] [--prior-samples 16] [--png out.png]
                                       [--device cpu|cuda]

@@ -19,16 +19,21 @@ Random training views (`sample_orbit`) follow the reference LucidDreamer
 (EnVision-Research/LucidDreamer, scene/dataset_readers.py `rand_poses` / `GenerateRandomCameras`,
 arguments/__init__.py `GenerateCamParams`, train.py), read for these facts:
 
-- polar and azimuth are uniform IN ANGLE (`gen_random_pos` with `rand_cam_gamma = 1`; the
-  uniform-on-sphere branch is off, `uniform_sphere_rate = 0`); radius uniform in its range.
+- polar and azimuth are drawn as mid + half_width * sign * U^gamma (`gen_random_pos`; gamma =
+  `rand_cam_gamma`, our `angle_gamma`: 1, uniform in angle, for most configs, 1.5 for the head
+  configs; the uniform-on-sphere branch is off, `uniform_sphere_rate = 0`); radius uniform.
 - jitter: the centre gets UNIFORM noise in [-j/2, j/2) per axis (j = jitter_center = 0.05), the
   look-at target (origin) gets GAUSSIAN noise of std jitter_target = 0.05, and gaussian noise of
   std jitter_up = 0.01 is added to the camera's own (orthogonalised) up vector.
 - the returned polar/azimuth/radius are the nominal, pre-jitter values (used for view prompts);
   azimuth is reported in (-180, 180].
-- progressive schedule (train.py): every 500 iterations both radius bounds are multiplied by 0.95
-  and clamped below at (3.5, 5.0); the lower fovy bound is multiplied by 0.75 and clamped at 0.16;
-  the upper fovy bound is multiplied by 1.1 but capped at its start value 0.60, so it never moves.
+- progressive schedule (train.py): at iterations 500, 1000, ... (counted from 1) both radius
+  bounds are multiplied by 0.95 and clamped below at (3.5, 5.0); the lower fovy bound is
+  multiplied by 0.75 and clamped at 0.16; the upper fovy bound is multiplied by 1.1 but capped at
+  its start value 0.60, so it never moves; both azimuth bounds are multiplied by 1.5 and clamped
+  to max_phi_range (the head configs go +-80 -> +-120 -> +-180). The polar bounds have the same
+  rule, but every released config sets theta_range = max_theta_range, so they never move: we
+  keep polar_range fixed.
 - differences, on purpose: the reference puts azimuth 0 on +y and turns clockwise seen from above
   (its centre is r*(sin p sin a, sin p cos a, cos p)); we use the +x / counter-clockwise
   convention above (a relabelling of the world, same distribution). The reference draws ONE fovy
@@ -47,7 +52,7 @@ from .types import CameraBatch
 
 __all__ = [
     "CameraBatch", "CameraError", "look_at", "intrinsics", "orbit_cameras", "orbit_centers",
-    "camera_schedule", "sample_orbit", "eval_ring", "turntable", "wrap_azimuth",
+    "camera_schedule", "azimuth_schedule", "sample_orbit", "eval_ring", "turntable", "wrap_azimuth",
 ]
 
 
@@ -200,7 +205,7 @@ def camera_schedule(cfg: CameraConfig, step: int) -> tuple[float, float, float, 
     if cfg.radius_floor[0] > cfg.radius_floor[1]:
         raise ConfigError(f"camera.radius_floor: the min floor must not exceed the max floor "
                           f"(got {cfg.radius_floor!r})")
-    n = max(int(step), 0) // cfg.decay_every
+    n = _decays(cfg, step)
     r0, r1 = cfg.radius_range
     f0, f1 = cfg.fovy_range
     radius_lo = max(min(cfg.radius_floor[0], r0), r0 * cfg.radius_decay ** n)
@@ -209,19 +214,50 @@ def camera_schedule(cfg: CameraConfig, step: int) -> tuple[float, float, float, 
     return radius_lo, radius_hi, fovy_lo, f1  # lo <= hi holds given valid floors
 
 
+def _decays(cfg: CameraConfig, step: int) -> int:
+    """How many decays have happened by 0-based `step`: the k-th at iteration k * decay_every,
+    iterations counted from 1 as the reference counts them (iteration = step + 1)."""
+    return (max(int(step), 0) + 1) // cfg.decay_every
+
+
+def azimuth_schedule(cfg: CameraConfig, step: int) -> tuple[float, float]:
+    """The azimuth range at `step` (a pure function of step), n = `_decays(cfg, step)`:
+
+        lo = max(azimuth_range_max[0], azimuth_range[0] * azimuth_widen^n)
+        hi = min(azimuth_range_max[1], azimuth_range[1] * azimuth_widen^n)
+    but never narrower than azimuth_range (a bound of the "wrong" sign, or one already past
+    azimuth_range_max, stays where it is).
+    """
+    n = _decays(cfg, step)
+    (a0, a1), (m0, m1) = cfg.azimuth_range, cfg.azimuth_range_max
+    w = cfg.azimuth_widen ** n
+    return min(a0, max(m0, a0 * w)), max(a1, min(m1, a1 * w))
+
+
 def _uniform(lo: float, hi: float, n: int, gen: torch.Generator) -> Tensor:
     return lo + (hi - lo) * torch.rand(n, generator=gen, dtype=torch.float64)
+
+
+def _ranged(lo: float, hi: float, n: int, gamma: float, gen: torch.Generator) -> Tensor:
+    """`[n]` draws in [lo, hi]: uniform for gamma == 1 (one draw each); otherwise the reference's
+    mid + half * sign * U^gamma (two draws each: U, then the sign), denser at the middle for
+    gamma > 1."""
+    if gamma == 1.0:
+        return _uniform(lo, hi, n, gen)
+    u = torch.rand(n, generator=gen, dtype=torch.float64)
+    sign = torch.where(torch.rand(n, generator=gen, dtype=torch.float64) < 0.5, -1.0, 1.0)
+    return 0.5 * (lo + hi) + 0.5 * (hi - lo) * sign * u ** gamma
 
 
 def sample_orbit(cfg: CameraConfig, step: int, batch: int, width: int, height: int,
                  generator: torch.Generator) -> CameraBatch:
     """B random training views at `step` (spec "Cameras"; reference facts in the module docstring).
 
-    1. ranges from `camera_schedule(cfg, step)`
-    2. polar ~ U[polar_range], azimuth ~ U[azimuth_range), radius ~ U[radius range],
-       fovy ~ U[fovy range], all uniform in angle, one draw per view; with
-       azimuth_sampling="stratified", view k's azimuth is U over the k-th of B equal slices of
-       azimuth_range instead (same draws, so each view is still uniform over the whole range)
+    1. ranges from `camera_schedule(cfg, step)` and `azimuth_schedule(cfg, step)`
+    2. polar in polar_range, azimuth in the azimuth range, both uniform in angle (angle_gamma 1)
+       or the reference's mid + half * sign * U^gamma; radius ~ U[radius range], fovy ~ U[fovy
+       range]; one draw per view; with azimuth_sampling="stratified", view k's azimuth is U over
+       the k-th of B equal slices of the range instead (each view is still uniform over it)
     3. nominal centre = r * (sin p cos a, sin p sin a, cos p) around the origin
     4. jitter: centre += U[-jc/2, jc/2)^3, target = N(0, jt^2 I), up = the nominal camera up
        (orthogonal to the jittered view direction, in the vertical plane) + N(0, ju^2 I)
@@ -241,12 +277,17 @@ def sample_orbit(cfg: CameraConfig, step: int, batch: int, width: int, height: i
         raise CameraError(f"sample_orbit: batch must be at least 1, got {batch}")
     # 1. ranges
     r_lo, r_hi, f_lo, f_hi = camera_schedule(cfg, step)
+    a_lo, a_hi = azimuth_schedule(cfg, step)
+    if cfg.azimuth_sampling == "stratified" and cfg.angle_gamma != 1.0:
+        raise CameraError("camera.azimuth_sampling=stratified needs camera.angle_gamma=1")
     # 2. nominal draws (one tensor per quantity, in this fixed order)
-    polar = _uniform(*cfg.polar_range, batch, generator)               # [B] degrees
-    u = torch.rand(batch, generator=generator, dtype=torch.float64)    # [B] U[0, 1)
+    polar = _ranged(*cfg.polar_range, batch, cfg.angle_gamma, generator)  # [B] degrees
     if cfg.azimuth_sampling == "stratified":
+        u = torch.rand(batch, generator=generator, dtype=torch.float64)   # [B] U[0, 1)
         u = (torch.arange(batch, dtype=torch.float64) + u) / batch     # view k in slice k
-    azimuth = cfg.azimuth_range[0] + (cfg.azimuth_range[1] - cfg.azimuth_range[0]) * u  # [B] degrees
+        azimuth = a_lo + (a_hi - a_lo) * u                             # [B] degrees
+    else:
+        azimuth = _ranged(a_lo, a_hi, batch, cfg.angle_gamma, generator)  # [B] degrees
     radius = _uniform(r_lo, r_hi, batch, generator)                    # [B]
     fovy = _uniform(f_lo, f_hi, batch, generator)                      # [B] radians
     # 3. nominal centres

@@ -218,8 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="train the runs in N processes side by side, then score and report them "
                         "in this one (default 1). On a GPU the toy prior's small steps leave it "
-                        "partly idle, so a few processes share it (BENCHMARKS.md); on a CPU, more "
-                        "jobs than cores gain nothing")
+                        "partly idle, so a few processes share it "
+                        "(docs/experiments/toyworld-quality.md); on a CPU, more jobs than cores "
+                        "gain nothing")
     v.add_argument("--shard", default=None, metavar="K/N",
                    help="only the runs whose index is K mod N, and no report: for spreading one "
                         "benchmark over processes or machines that share --out; the same command "

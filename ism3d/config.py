@@ -19,6 +19,8 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
+from .presets import DEFAULT_PRESET, FAST, PAPER, PRESETS, REFERENCE_NEGATIVE  # noqa: F401 (re-exported)
+
 
 class ConfigError(ValueError):
     """A configuration key, value, preset or file is not acceptable. The CLI turns it into exit 2."""
@@ -73,8 +75,16 @@ class InitConfig:
 class CameraConfig:
     # Polar angle range in degrees, measured from +z (90 = equator, 45 = looking down)
     polar_range: tuple[float, float] = (45.0, 105.0)
-    # Azimuth range in degrees; 0 = front (camera on +x), counter-clockwise seen from above
+    # Azimuth range in degrees at step 0; 0 = front (camera on +x), counter-clockwise seen from above
     azimuth_range: tuple[float, float] = (-180.0, 180.0)
+    # Every `decay_every` iterations both azimuth bounds are multiplied by this (the reference's
+    # phi_scale_up_factor, 1.5: its head configs start at +-80 degrees and widen to +-180)...
+    azimuth_widen: float = 1.5
+    # ...clamped to this range (the reference's max_phi_range); equal to azimuth_range: no widening
+    azimuth_range_max: tuple[float, float] = (-180.0, 180.0)
+    # Polar and azimuth are drawn as mid + half_width * sign * U^gamma: 1 = uniform in angle, > 1
+    # concentrates the views towards the middle of each range (the reference's rand_cam_gamma)
+    angle_gamma: float = 1.0
     # How the B azimuths of a step are drawn: uniform (the reference: independent, so all B views
     # can land on one side) | stratified (one view in each of B equal slices of azimuth_range, at a
     # uniform place inside it, as threestudio's batch_uniform_azimuth: every step sees all sides)
@@ -91,7 +101,8 @@ class CameraConfig:
     fovy_decay: float = 0.75
     # ...down to this floor (radians)
     fovy_floor: float = 0.16
-    # Steps between two decays of radius and fovy
+    # Iterations between two decays of radius and fovy (and widenings of the azimuth range); the
+    # k-th takes effect at iteration k * decay_every, counted from 1 as the reference counts
     decay_every: int = 500
     # Jitter (world units), as the reference: the camera centre moves U[-j/2, j/2) per axis; the
     # look-at target and the up vector get gaussian noise of std jitter_target / jitter_up
@@ -141,6 +152,23 @@ class PriorConfig:
     # On CUDA, torch.compile the denoiser (inside its graphs) and the VAE encoder: ~25% faster steps
     # after 1-3 min of compilation the first time (cached on disk for later runs). Ignored elsewhere.
     compile: bool = False
+    # Textual-inversion embeddings, each PATH or PATH:TOKEN (a .pt/.bin/.safetensors file in the
+    # A1111 or diffusers layout, or a hub id); the token (the file's own if not given) then works in
+    # the prompt, e.g. "a photo of <Taylor_Swift>". SDXL files hold clip_l and clip_g.
+    textual_inversion: tuple[str, ...] = ()
+    # LoRAs, each PATH_OR_HUB_ID or PATH_OR_HUB_ID:SCALE (scale 1 if not given; diffusers/peft or
+    # kohya layout, UNet and text-encoder parts), fused into the weights once at load time
+    lora: tuple[str, ...] = ()
+    # Low-VRAM mode: none | model (text encoders wait on the CPU, the UNet leaves the GPU during
+    # the VAE pass; the VAE encoder recomputes its activations in backward) | sequential (the same,
+    # and the UNet streams to the GPU one block at a time: slowest, least memory). Not none turns
+    # CUDA graphs and compile off.
+    offload: Literal["none", "model", "sequential"] = "none"
+    # Compute the UNet's attention in slices (less memory, somewhat slower)
+    attention_slicing: bool = False
+    # A separate VAE folder or hub id replacing the model's own, e.g. the fp16-safe SDXL VAE
+    # madebyollin/sdxl-vae-fp16-fix ("" = the model's own; SDXL's own runs in fp32 under fp16)
+    vae: str = ""
 
 
 @dataclass
@@ -161,16 +189,18 @@ class GuidanceConfig:
     # ISM interval delta_T at warm=1 and after warm-up (timestep units)
     delta_t_start: int = 100
     delta_t: int = 80
-    # Rounding of warm * (delta_t_start - delta_t): ceil (reference Perp-Neg path) | floor
-    delta_t_rounding: Literal["ceil", "floor"] = "ceil"
-    # t ~ U[t_min, t_max) with t_max annealing from t_max_start to t_max_end
-    t_min: int = 20
+    # Rounding of warm * (delta_t_start - delta_t): auto (the reference: ceil on its Perp-Neg
+    # path, floor on its plain path) | ceil | floor
+    delta_t_rounding: Literal["auto", "ceil", "floor"] = "auto"
+    # t ~ UniformInt[t_min, t_max], both ends INCLUDED, with t_max annealing from t_max_start to
+    # t_max_end (timestep units; the reference's index range [20, 500) is timesteps [21, 500])
+    t_min: int = 21
     t_max_start: int = 980
     t_max_end: int = 500
     # DDIM inversion stride delta_s to reach x_s and the most inversion calls
     delta_s: int = 200
     xs_inv_steps: int = 5
-    # First timestep of the inversion (the reference q_samples z0 to t=1 first)
+    # First timestep of the inversion (the reference q_samples z0 to t=1 first); s never goes below
     t_first: int = 1
     # Skip the inversion call when s == t_first (x_s = x; identical to rounding)
     skip_identity_inversion: bool = True
@@ -178,8 +208,9 @@ class GuidanceConfig:
     reduce: Literal["mean", "sum"] = "mean"
     # Offset-noise strength (reference 0.1; 0 disables)
     offset_noise: float = 0.1
-    # SDS weighting w(t): constant (reference) | sds (1 - abar_t) | gamma
-    sds_weighting: Literal["constant", "sds", "gamma"] = "constant"
+    # SDS weighting w(t): gamma sqrt((1 - abar_t) / abar_t) (the reference's SDS path) |
+    # dreamfusion (1 - abar_t) | constant (1)
+    sds_weighting: Literal["gamma", "dreamfusion", "constant"] = "gamma"
     # Append ", front/side/back view" by azimuth and interpolate the embeddings
     view_prompts: bool = True
     # Perp-Neg (needs view_prompts)
@@ -192,7 +223,8 @@ class GuidanceConfig:
 
 @dataclass
 class StrategyConfig:
-    # Densify (clone/split) from this step, until this step, every this many steps
+    # Densify (clone/split) at iterations i (counted from 1, as the reference) with
+    # densify_from < i < densify_until and i % densify_every == 0: 200, 300, ..., 2900 by default
     densify_from: int = 100
     densify_until: int = 3000
     densify_every: int = 100
@@ -203,11 +235,12 @@ class StrategyConfig:
     scene_extent: float = 3.5
     # Prune gaussians with opacity below this
     prune_opacity: float = 0.005
-    # After this step also prune big ones: screen radius (pixels) and world scale
+    # At iterations after this one also prune big ones: world scale and (if > 0) screen radius in
+    # pixels. The reference's 20 px screen test never fires (an INRIA 3DGS bug): paper sets 0
     prune_big_after: int = 300
     max_screen_radius: float = 20.0
     max_world_scale: float = 0.35
-    # Reset all opacities every this many steps while step < reset_until
+    # Reset all opacities at iterations i % opacity_reset_every == 0 with i < reset_until
     opacity_reset_every: int = 300
     reset_until: int = 3000
     # Opacity value after a reset
@@ -219,6 +252,9 @@ class StrategyConfig:
     # Multiply screen-space gradients by the number of rendered views B (gsplat does): undoes a
     # mean over views in the loss; set false when the loss sums over views (guidance.reduce=sum)
     grad_scale_views: bool = True
+    # Densify (and reset opacities) before the optimizer step, as the reference does: the replaced
+    # parameters then skip that iteration's update; false: after it, as gsplat does
+    densify_before_step: bool = False
 
 
 @dataclass
@@ -243,11 +279,25 @@ class TrainConfig:
     seed: int = 0
     # auto (cuda if available) | cpu | cuda | cuda:N
     device: str = "auto"
-    # Regulariser weights: squared TV of RGB and disparity, mean gaussian scale
+    # Regulariser weights: loss = guidance + lambda_tv * (tv(rgb) + tv(disparity)) + lambda_scale *
+    # mean(scales), tv(x) = 2 * per-pixel mean of squared neighbour differences (the reference's
+    # balance). With guidance.reduce=mean the regularisers are divided by the views B as well, so
+    # the ratios stay the reference's
     lambda_tv: float = 1.0
     lambda_scale: float = 1.0
     # Probability that the normalised disparity map replaces the RGB as the guided image
     disparity_prob: float = 0.2
+    # The disparity map: reference (focal / (D + 10 (1 - alpha) + 1e-5), normalised by its min over
+    # pixels with alpha >= 0.9 and its max, no gradient into depth through D) | foreground (1/depth
+    # mapped to [0.1, 1] on the object, 0 off it: what the ToyWorld prior was trained on)
+    disparity: Literal["reference", "foreground"] = "reference"
+    # Probability of flipping a step's guided images horizontally (one coin for the batch; the
+    # reference: 0.5)
+    flip_prob: float = 0.0
+    # Scale augmentation of training renders: scales * (1 + scale_aug * sqrt(0.2) / 4 * N(0, 1)),
+    # clamped at 0, fresh per gaussian, axis and view; the scale regulariser sees the same noisy
+    # scales; evaluation renders never (the reference: 1.0)
+    scale_aug: float = 0.0
     # Probability that the white background is replaced (by a random colour or black, half each)
     bg_aug_prob: float = 0.66
     # Checkpoint every this many steps (0 = only at the end)
@@ -313,130 +363,6 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
-
-# ---------------------------------------------------------------------------------------------
-# Presets: name -> (one-line description, overrides applied on top of the defaults)
-# ---------------------------------------------------------------------------------------------
-PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
-    "paper": (
-        "the LucidDreamer recipe: SD 2.1-base, 5000 iters, 4 views at 512x512, ISM (GPU)",
-        {},
-    ),
-    "fast": (
-        "paper with 1500 iters, 256x256 renders encoded at 256 (32x32 latents), one inversion "
-        "call of stride 1000 (GPU)",
-        {
-            "train.iters": 1500,
-            "render.width": 256,
-            "render.height": 256,
-            "prior.resolution": 256,
-            "guidance.warmup_iters": 450,
-            "guidance.delta_s": 1000,
-            "guidance.xs_inv_steps": 1,
-            "strategy.densify_until": 900,
-            "strategy.reset_until": 900,
-            "strategy.densify_from": 30,
-            "strategy.densify_every": 30,
-            "strategy.opacity_reset_every": 300,
-            "strategy.prune_big_after": 90,
-            "camera.decay_every": 150,
-            "init.num_points": 20_000,
-        },
-    ),
-    "toy": (
-        "the shipped ToyWorld prior (32x32 pixels, offline; its words only), 135 iters of 8 views, "
-        "one inversion call, no Perp-Neg: 2-3 min on a 2-core CPU",
-        {
-            "prior.name": "toy",
-            "guidance.negative_prompt": "",
-            "render.width": 32,
-            "render.height": 32,
-            # 8 views a step, one in each eighth of the azimuths, for half the steps: the same
-            # renders and UNet rows as 4 views x 270 steps. Chairs IoU 0.52 -> 0.62 and no backrest
-            # on the wrong side; 4 stratified views leave the chairs as they were, 16 views do worse;
-            # the step-based schedules below (t warm-up, densification) are halved with the steps
-            # (BENCHMARKS.md)
-            "train.iters": 135,
-            "train.batch": 8,
-            "camera.azimuth_sampling": "stratified",
-            "train.checkpoint_every": 50,
-            "train.preview_every": 50,
-            "init.num_points": 4000,
-            # every learning rate 2x the reference's (colour: 8x at the start decaying to 2x), as
-            # there are half the steps: IoU +0.016, PSNR +1.3 dB over 24 paired ToyWorld runs
-            # against the same 135 x 8 recipe at the 4-view recipe's rates (BENCHMARKS.md)
-            "optim.means_lr": (1.12e-3, 1.12e-5),
-            "optim.colors_lr": (0.04, 0.006),
-            "optim.opacities_lr": (0.1, 0.1),
-            "optim.scales_lr": (0.01, 0.002),
-            "optim.quats_lr": (0.002, 0.0004),
-            "guidance.warmup_iters": 40,
-            "guidance.delta_s": 1000,
-            "guidance.xs_inv_steps": 1,
-            # view prompts stay; Perp-Neg off: on ToyWorld it changes neither IoU, PSNR nor the
-            # Janus rate (36 paired runs, BENCHMARKS.md) and it doubles the CFG call, which is
-            # then half of a CPU step (4B rows instead of 2B)
-            "guidance.perp_neg": False,
-            # a run that ends turned (its front away from azimuth 0) is turned back by the
-            # prior's view-conditioned loss: ISM from the true chair turned 180 degrees stays
-            # turned (IoU 0.61), turned back 0.92; every preset run of 18 measured kept turn 0;
-            # ~9 s on a 2-core CPU (BENCHMARKS.md, session 10)
-            "output.orient": True,
-            "strategy.densify_from": 25,
-            "strategy.densify_until": 100,
-            "strategy.densify_every": 25,
-            "strategy.reset_until": 0,
-            "strategy.prune_big_after": 25,
-            "strategy.max_gaussians": 12000,
-            # fixed framing, the eval ring's: the prior saw objects only at this distance and
-            # field of view, so the distilled object's size is pinned (see toyworld/data.py)
-            "camera.radius_range": (3.5, 3.5),
-            "camera.radius_floor": (3.5, 3.5),
-            "camera.fovy_range": (0.55, 0.55),
-            "camera.fovy_floor": 0.55,
-            # no look-at jitter: the prior is trained without it, so it pins where the object sits
-            # to a fraction of a 32x32 pixel (with the reference's jitter of std 0.05 units, ~0.8
-            # pixel, results drifted by up to 0.06 units; BENCHMARKS.md)
-            "camera.jitter_center": 0.0,
-            "camera.jitter_target": 0.0,
-            "camera.jitter_up": 0.0,
-            "output.video_size": 256,
-            # a 128^3 grid is still 6x finer than a 32x32 training pixel (0.062 units at the
-            # fixed framing); the mesh differs from the 256^3 one by ~0.012 units on average, and
-            # takes ~1.5 s instead of 7-9 s on the 2-core CPU (BENCHMARKS.md)
-            "output.mesh_resolution": 128,
-        },
-    ),
-    "tiny": (
-        "random-weight tiny pixel prior, 1k-3k gaussians, 32x32: for tests and smoke runs (CPU, seconds)",
-        {
-            "prior.name": "tiny",
-            "train.iters": 30,
-            "train.batch": 2,
-            "train.checkpoint_every": 10,
-            "train.preview_every": 10,
-            "render.width": 32,
-            "render.height": 32,
-            "init.num_points": 1000,
-            "strategy.max_gaussians": 3000,
-            "guidance.warmup_iters": 10,
-            "guidance.perp_neg": False,
-            "strategy.densify_from": 5,
-            "strategy.densify_until": 20,
-            "strategy.densify_every": 5,
-            "strategy.opacity_reset_every": 15,
-            "strategy.reset_until": 20,
-            "strategy.prune_big_after": 10,
-            "camera.decay_every": 10,
-            "output.video_frames": 60,
-            "output.video_size": 64,
-            "output.video_fps": 20,
-            "output.mesh_resolution": 64,
-            "output.mesh_faces": 5000,
-        },
-    ),
-}
-DEFAULT_PRESET = "toy"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -593,8 +519,9 @@ def validate(cfg: Config, latent_prior: bool | None = None) -> None:
          "must be auto, cpu, cuda or cuda:N")
     for k in ("lambda_tv", "lambda_scale"):
         need(getattr(t, k) >= 0, f"train.{k}", "must be >= 0")
-    for k in ("disparity_prob", "bg_aug_prob"):
+    for k in ("disparity_prob", "bg_aug_prob", "flip_prob"):
         need(0 <= getattr(t, k) <= 1, f"train.{k}", "must be a probability in [0, 1]")
+    need(0 <= t.scale_aug <= 10, "train.scale_aug", "must be in [0, 10]")
     need(t.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
     need(t.preview_every >= 0, "train.preview_every", "must be >= 0")
     need(t.max_bad_steps >= 1, "train.max_bad_steps", "must be at least 1")
@@ -615,6 +542,9 @@ def validate(cfg: Config, latent_prior: bool | None = None) -> None:
     need(i.kind != "file" or bool(i.path), "init.path", "is required when init.kind=file")
     need(0 < c.polar_range[0] <= c.polar_range[1] < 180, "camera.polar_range", "must be 0 < lo <= hi < 180")
     need(c.azimuth_range[0] <= c.azimuth_range[1], "camera.azimuth_range", "must be lo <= hi")
+    need(c.azimuth_range_max[0] <= c.azimuth_range_max[1], "camera.azimuth_range_max", "must be lo <= hi")
+    need(c.azimuth_widen >= 1, "camera.azimuth_widen", "must be >= 1")
+    need(0 < c.angle_gamma <= 10, "camera.angle_gamma", "must be in (0, 10]")
     need(0 < c.radius_range[0] <= c.radius_range[1], "camera.radius_range", "must be 0 < lo <= hi")
     need(0 < c.fovy_range[0] <= c.fovy_range[1] < 3.1, "camera.fovy_range", "must be 0 < lo <= hi < pi")
     need(0 < c.radius_decay <= 1, "camera.radius_decay", "must be in (0, 1]")
@@ -625,8 +555,8 @@ def validate(cfg: Config, latent_prior: bool | None = None) -> None:
     need(g.scale >= 0, "guidance.scale", "must be >= 0")
     need(g.lambda_guidance > 0, "guidance.lambda_guidance", "must be > 0")
     need(g.warmup_iters >= 1, "guidance.warmup_iters", "must be at least 1")
-    need(0 <= g.t_min < g.t_max_end <= g.t_max_start <= 1000, "guidance.t_min",
-         "need 0 <= t_min < t_max_end <= t_max_start <= 1000")
+    need(0 <= g.t_min <= g.t_max_end <= g.t_max_start <= 999, "guidance.t_min",
+         "need 0 <= t_min <= t_max_end <= t_max_start <= 999 (inclusive timesteps)")
     need(1 <= g.delta_t <= g.delta_t_start, "guidance.delta_t", "need 1 <= delta_t <= delta_t_start")
     need(g.delta_s >= 1, "guidance.delta_s", "must be at least 1")
     need(g.xs_inv_steps >= 1, "guidance.xs_inv_steps", "must be at least 1")

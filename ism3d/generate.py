@@ -117,9 +117,9 @@ def run(plan: Plan, *, prior=None, progress: bool = True, callback=None) -> dict
     prior.check_prompt(plan.prompt)
     w, h, size = cfg.render.width, cfg.render.height, prior.image_size
     if min(w, h) < size:
-        warnings.warn(f"renders are {w}x{h} but the prior {prior.name} works at {size}x{size}: it sees "
-                      f"them upsampled (blurry targets); set render.width={size} render.height={size}",
-                      stacklevel=2)
+        warnings.warn(f"renders are {w}x{h} and the prior {prior.name} works at {size}x{size}: it sees "
+                      f"them upsampled (softer targets; the fast preset's choice, as DreamGaussian's); "
+                      f"render.width={size} render.height={size} renders at its size", stacklevel=2)
     write_text_atomic(out / "config.yaml", C.dump_yaml(cfg))
     result = train(cfg, plan.prompt, prior, out, resume=plan.resume, progress=progress,
                    callback=callback)
@@ -217,6 +217,7 @@ def make_summary(plan: Plan, result: TrainResult, prior, wall: float, finished: 
         "iterations_planned": cfg.train.iters,
         "guidance": cfg.guidance.method,
         "prior": cfg.prior.name,
+        "prior_custom": getattr(prior, "custom", {}),  # textual inversion tokens, LoRAs, VAE, offload
         "preset": plan.preset,
         "device": device_desc,
         "wall_seconds": round(wall, 3),

@@ -1,11 +1,12 @@
 """Auto-orientation: turn a finished scene about the vertical so that its front faces azimuth 0.
 
 The view prompts say where the front is (azimuth 0 = "front view"), but a distillation follows
-the faint front/back of its initial scene more than them (BENCHMARKS.md, ToyWorld, session 9): a
-run can end as one consistent object turned 90 or 180 degrees. A user then gets an asset that
-faces away from the default camera, and the benchmark's Janus test reads it as "flipped". The
-prior can tell which way an object faces, as a diffusion classifier: its view-conditioned
-denoising loss is lowest when each render's view prompt matches the side the render shows.
+the faint front/back of its initial scene more than them (session 9 in
+docs/experiments/toyworld-quality.md): a run can end as one consistent object turned 90 or 180
+degrees. A user then gets an asset that faces away from the default camera, and the benchmark's
+Janus test reads it as "flipped". The prior can tell which way an object faces, as a diffusion
+classifier: its view-conditioned denoising loss is lowest when each render's view prompt matches
+the side the render shows.
 
 Turning the object by theta and looking from azimuth a + theta shows what the unturned object
 shows from azimuth a, so one set of renders serves all four turns:

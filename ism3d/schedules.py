@@ -2,10 +2,10 @@
 
 Step convention (shared with strategy.py and train.py): `step` is the 0-based index of the
 training iteration, 0..total-1, as in gsplat's trainer; `lr_for_step(cfg, step, total)` is the
-rate used by that iteration's optimizer step. The schedule is defined for any step and clamped
-to [0, total]: step 0 gives the start rates, step `total` the end rates (so the last iteration,
-total-1, runs one 1/total-th of the log-interval short of the end; the reference, which counts
-iterations from 1, reaches it: a one-iteration shift, 0.09% of the xyz rate at 5000 steps).
+rate used by that iteration's optimizer step. Like the reference (3DGS's expon_lr, called with
+iterations counted from 1), it evaluates the schedule at iteration = step + 1, clamped to
+[0, total]: the first step already runs 1/total of the way, the last one (step total-1) at the end
+rates exactly.
 """
 from __future__ import annotations
 
@@ -47,14 +47,15 @@ def lr_for_step(cfg: OptimConfig, step: int, total: int) -> dict[str, float]:
     Returns:
         {"means", "sh0", "shN", "opacities", "scales", "quats": lr}; shN runs at 1/20 of sh0.
     """
-    colors = log_linear(step, total, *cfg.colors_lr)
+    it = step + 1                                   # the reference's 1-based iteration
+    colors = log_linear(it, total, *cfg.colors_lr)
     return {
-        "means": log_linear(step, total, *cfg.means_lr),
+        "means": log_linear(it, total, *cfg.means_lr),
         "sh0": colors,
         "shN": colors * SHN_LR_FACTOR,
-        "opacities": log_linear(step, total, *cfg.opacities_lr),
-        "scales": log_linear(step, total, *cfg.scales_lr),
-        "quats": log_linear(step, total, *cfg.quats_lr),
+        "opacities": log_linear(it, total, *cfg.opacities_lr),
+        "scales": log_linear(it, total, *cfg.scales_lr),
+        "quats": log_linear(it, total, *cfg.quats_lr),
     }
 
 
@@ -62,10 +63,10 @@ def make_optimizers(params: Mapping[str, torch.nn.Parameter],
                     cfg: OptimConfig) -> dict[str, torch.optim.Adam]:
     """One Adam per parameter, each with a single param_group (gsplat's trainer layout).
 
-    The rates start at the schedule's step-0 values; eps = cfg.adam_eps, default betas.
+    The rates start at the schedule's start values; eps = cfg.adam_eps, default betas.
     strategy.py relies on this layout (it swaps the one parameter of each optimizer).
     """
-    lrs = lr_for_step(cfg, 0, 1)
+    lrs = lr_for_step(cfg, -1, 1)                   # iteration 0: the start rates
     unknown = [k for k in params if k not in lrs]
     if unknown:
         raise ValueError(f"make_optimizers: no learning rate for parameters {', '.join(unknown)}")

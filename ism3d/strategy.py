@@ -10,28 +10,31 @@ dict the trainer keeps and checkpoints, two hooks), with one fixed signature and
         loss.backward(); optimizer steps
         stats = strategy.post_backward(params, optimizers, state, step, out.info)
 
-post_backward must run after the optimizer steps of its iteration (as in gsplat): it replaces
-Parameters, and a fresh Parameter has no .grad to step with.
+post_backward runs after the optimizer steps of its iteration (as in gsplat), or before them
+(`densify_before_step`, as the reference): it replaces Parameters, and a fresh Parameter has no
+.grad, so in that order the replaced parameters skip the iteration's update, as the reference's.
 
 What one `post_backward(step)` does, in this order:
-1. Statistics (while step < densify_until): for every visible (radii > 0) pair (view, gaussian)
+Iterations are counted as the reference counts them, from 1: iteration i = step + 1.
+
+1. Statistics (while i < densify_until): for every visible (radii > 0) pair (view, gaussian)
    add the screen-space gradient norm, converted to NDC units, to grad2d and 1 to count:
        g_ndc = dL/dmeans2d * [W/2, H/2] (* B with grad_scale_views, undoing a mean over B views)
    stats_views="all" uses all B views (our fix); "last" only the last one (the reference).
    max_radii keeps the largest screen radius (pixels) seen since the last densification.
-2. Densify, at steps with densify_from <= step < densify_until and step % densify_every == 0
-   (the reference's 1-based `iteration > densify_from` starts one interval later):
+2. Densify, at iterations with densify_from < i < densify_until and i % densify_every == 0
+   (the reference's test; with the defaults i = 200, 300, ..., 2900):
    with mean grad grad2d / count >= grad_threshold,
      - clone  if max(exp(scales)) <= percent_dense * scene_extent: an exact copy is appended;
      - split  otherwise: 2 children drawn from the gaussian, x = mu + R (s * z), z ~ N(0, I),
               with scales s / 1.6 (= s / (0.8 * 2), as 3DGS); the parent is removed.
    Capped by max_gaussians (highest mean gradients first). Then prune opacity < prune_opacity and,
-   when step > prune_big_after, max(exp(scales)) > max_world_scale or max_radii >
+   when i > prune_big_after, max(exp(scales)) > max_world_scale or max_radii >
    max_screen_radius (0 disables the screen test; the reference's screen test never fires,
    because it zeroes max_radii2D just before pruning: graphdeco-inria/gaussian-splatting#123).
    Then grad2d, count and max_radii are reset to 0.
-3. Opacity reset, at steps with step > 0 and step % opacity_reset_every == 0 and
-   step < reset_until (written out; gsplat 1.5.3's `step % n == 0 & step > 0` never fires):
+3. Opacity reset, at iterations with i % opacity_reset_every == 0 and i < reset_until (written
+   out; gsplat 1.5.3's `step % n == 0 & step > 0` never fires):
    opacity = min(opacity, reset_opacity), done on the logits.
 
 Every row edit keeps the Adam state aligned: surviving rows keep exp_avg / exp_avg_sq, new rows
@@ -49,6 +52,7 @@ import torch
 from torch import Tensor
 
 from .config import StrategyConfig
+from .render.torch_backend import quat_to_rotmat
 
 __all__ = ["DensifyStrategy", "StrategyError", "SPLIT_CHILDREN", "SPLIT_SCALE_DIV"]
 
@@ -59,16 +63,6 @@ SPLIT_SCALE_DIV = 0.8 * SPLIT_CHILDREN
 
 class StrategyError(ValueError):
     """Params, optimizers, state and render info do not fit together."""
-
-
-def _quat_to_rotmat(q: Tensor) -> Tensor:
-    """[M, 4] (w, x, y, z), any norm -> [M, 3, 3] rotation matrices."""
-    w, x, y, z = torch.nn.functional.normalize(q, dim=-1).unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], dim=-1).reshape(-1, 3, 3)
 
 
 class DensifyStrategy:
@@ -88,13 +82,15 @@ class DensifyStrategy:
 
     # ------------------------------------------------------------------ schedule (pure)
     def is_densify_step(self, step: int) -> bool:
-        c = self.cfg
-        return (step > 0 and c.densify_from <= step < c.densify_until
-                and step % c.densify_every == 0)
+        """Densify after 0-based `step`: its iteration i = step + 1 has
+        densify_from < i < densify_until and i % densify_every == 0."""
+        c, i = self.cfg, step + 1
+        return c.densify_from < i < c.densify_until and i % c.densify_every == 0
 
     def is_reset_step(self, step: int) -> bool:
-        c = self.cfg
-        return step > 0 and step % c.opacity_reset_every == 0 and step < c.reset_until
+        """Reset opacities after 0-based `step`: i = step + 1, i % every == 0, i < reset_until."""
+        c, i = self.cfg, step + 1
+        return i % c.opacity_reset_every == 0 and i < c.reset_until
 
     # ------------------------------------------------------------------ hooks
     def init_state(self, n: int, device) -> dict[str, Tensor]:
@@ -134,7 +130,7 @@ class DensifyStrategy:
                                     f"expected ({n},): state and params are out of step")
         stats: dict[str, Any] = {"densified": False, "n_clone": 0, "n_split": 0, "n_prune": 0,
                                  "reset": False}
-        if step < c.densify_until:
+        if step + 1 < c.densify_until:
             self._accumulate(state, info, n)
         if self.is_densify_step(step):
             stats["n_clone"], stats["n_split"] = self._grow(params, optimizers, state, step)
@@ -158,6 +154,8 @@ class DensifyStrategy:
         radii = info["radii"]
         if radii.dim() == 3:                      # [C, N, 2] per-axis radii -> the larger one
             radii = radii.max(dim=-1).values
+        grad = grad.reshape(-1, n, 2)             # [C, 1, N, 2] when rendered with per-view scales
+        radii = radii.reshape(-1, n)
         n_views = grad.shape[0]
         assert grad.shape == (n_views, n, 2), (grad.shape, n)
         assert radii.shape == (n_views, n), (radii.shape, n)
@@ -203,7 +201,7 @@ class DensifyStrategy:
         # split children: x = mu + R (s * z), z ~ N(0, I); scales s / 1.6
         means = params["means"].detach()
         s = torch.exp(params["scales"].detach()[si])                     # [Ns, 3]
-        rot = _quat_to_rotmat(params["quats"].detach()[si])              # [Ns, 3, 3]
+        rot = quat_to_rotmat(params["quats"].detach()[si])              # [Ns, 3, 3]
         gen = torch.Generator(device=means.device)
         gen.manual_seed((self.seed * 1_000_003 + step) % (2**63))
         z = torch.randn((SPLIT_CHILDREN, si.numel(), 3), generator=gen,
@@ -234,7 +232,7 @@ class DensifyStrategy:
     def _prune(self, params, optimizers, state, step: int) -> int:
         c = self.cfg
         prune = torch.sigmoid(params["opacities"]) < c.prune_opacity
-        if step > c.prune_big_after:
+        if step + 1 > c.prune_big_after:
             prune |= torch.exp(params["scales"]).amax(dim=-1) > c.max_world_scale
             if c.max_screen_radius > 0:
                 prune |= state["max_radii"] > c.max_screen_radius

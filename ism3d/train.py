@@ -3,14 +3,20 @@
 One step (numbered as in the code):
     1. learning rates for this step (pure functions of step)
     2. sample B orbit cameras (the spec's distribution and progressive schedule)
-    3. background per view: white, or (bg_aug_prob) a random colour or black, half each
-    4. render all B views in one call
-    5. guided image: the RGB render, or (disparity_prob) the normalised disparity as 3 channels
-    6. loss = guidance loss + lambda_tv * (TV^2(rgb) + TV^2(disparity)) + lambda_scale * mean(scale)
+    3. background per view: white, or (bg_aug_prob) a random colour or black, half each; the
+       coins of the step: disparity as the guided image (disparity_prob), horizontal flip
+       (flip_prob)
+    4. render all B views in one call; with scale_aug, each view with its own noisy scales
+    5. guided image: the RGB render, or the normalised disparity as 3 channels; flipped
+       horizontally with the step's coin (the gradient flows back through the flip)
+    6. loss = guidance loss + r * (lambda_tv * (tv(rgb) + tv(disparity)) + lambda_scale *
+       mean(scales seen by the renders)), r = 1 / B when the guidance is a mean over views
+       (guidance.reduce=mean), else 1: the reference's ratios either way (spec, "Loss balance")
     7. backward through the guided image and the renderer
     8. ONE host sync per step: every loss/gradient finite? (and the logged scalars, read at once)
     9. a non-finite step is skipped (never reaches the parameters) and counted; otherwise the
        optimizer step, then densification (clone/split/prune/reset) with the render's statistics
+       (strategy.densify_before_step: densification first, as the reference)
    10. checkpoint (atomic) every `checkpoint_every` steps; preview grid every `preview_every` steps
 
 Every random draw comes from ONE torch.Generator seeded with `train.seed` and saved in each checkpoint,
@@ -105,8 +111,38 @@ def sample_backgrounds(batch: int, prob: float, gen: torch.Generator) -> Tensor:
     return bg
 
 
+def reference_disparity(depth: Tensor, alpha: Tensor, Ks: Tensor) -> Tensor:
+    """The reference's normalised disparity (spec "Disparity"), per view.
+
+        1. D    = depth * alpha = sum_i w_i z_i          (render with depth_grad=False: no
+                                                          gradient into z, only into the w_i)
+        2. disp = focal / (D + 10 (1 - alpha) + 1e-5),   focal = fx / W = 1 / (2 tan(fovx / 2))
+        3. lo   = min of disp over pixels with alpha >= 0.9 (transmittance <= 0.1; over all
+                  pixels if there is none), hi = max over all pixels
+        4. clamp((disp - lo) / (hi - lo), 0, 1)
+
+    Args:
+        depth: `[C, 1, H, W]` expected depth (sum w z / alpha, 0 where alpha ~ 0).
+        alpha: `[C, 1, H, W]` accumulated opacity.
+        Ks: `[C, 3, 3]` intrinsics (pixels).
+    Returns:
+        `[C, 1, H, W]` in [0, 1].
+    """
+    W = depth.shape[-1]
+    focal = (Ks[:, 0, 0] / W).to(depth.dtype)[:, None, None, None]   # [C, 1, 1, 1]
+    disp = focal / (depth * alpha + 10.0 * (1.0 - alpha) + 1e-5)       # [C, 1, H, W]
+    solid = alpha >= 0.9
+    big = torch.finfo(disp.dtype).max
+    lo_solid = torch.where(solid, disp, big).amin(dim=(1, 2, 3), keepdim=True)
+    lo = torch.where(solid.any(dim=(1, 2, 3), keepdim=True), lo_solid,
+                     disp.amin(dim=(1, 2, 3), keepdim=True))
+    hi = disp.amax(dim=(1, 2, 3), keepdim=True)
+    return ((disp - lo) / (hi - lo).clamp_min(1e-12)).clamp(0.0, 1.0)
+
+
 def normalised_disparity(depth: Tensor, alpha: Tensor) -> Tensor:
-    """[C,1,H,W] expected depth and alpha -> [C,1,H,W] disparity in [0,1] per view, 0 off the object."""
+    """`train.disparity=foreground`: [C,1,H,W] expected depth and alpha -> [C,1,H,W] disparity in
+    [0,1] per view, 0 off the object (what the ToyWorld prior's training data holds)."""
     fg = alpha > 1e-3
     disp = torch.where(fg, 1.0 / depth.clamp_min(1e-6), torch.zeros_like(depth))
     big = torch.finfo(depth.dtype).max
@@ -118,11 +154,39 @@ def normalised_disparity(depth: Tensor, alpha: Tensor) -> Tensor:
     return torch.where(fg, 0.1 + 0.9 * (disp - lo) / span, torch.zeros_like(disp)) * alpha
 
 
-def tv_squared(img: Tensor) -> Tensor:
-    """Mean squared total variation of [C, K, H, W]."""
+def tv_loss(img: Tensor) -> Tensor:
+    """The reference's total variation of `[B, C, H, W]` (spec "Loss balance"):
+
+        tv = 2 * (sum(dy^2) / (C (H-1) W) + sum(dx^2) / (C H (W-1))) / B
+    i.e. twice the per-pixel mean of the squared vertical plus horizontal differences.
+    """
     dx = img[..., :, 1:] - img[..., :, :-1]
     dy = img[..., 1:, :] - img[..., :-1, :]
-    return dx.square().mean() + dy.square().mean()
+    return 2.0 * (dx.square().mean() + dy.square().mean())
+
+
+def augment_scales(scales: Tensor, views: int, strength: float, gen: torch.Generator) -> Tensor:
+    """Per-view noisy scales (the reference's scale augmentation, spec "Scale augmentation").
+
+        scales_v = clamp(scales * (1 + strength * sqrt(0.2) / 4 * n_v), 0),  n_v ~ N(0, I)
+
+    fresh per gaussian, axis and view. The noise is drawn on the scales' device from a seed
+    drawn from the trainer's generator (one draw), so a run stays reproducible and resumable
+    without moving B x N x 3 numbers from the CPU each step.
+
+    Args:
+        scales: `[N, 3]` activated scales (differentiable).
+        views: B.
+        strength: scale_aug (the reference's scale_aug_ratio, 1.0).
+        gen: the trainer's CPU generator.
+    Returns:
+        `[B, N, 3]`.
+    """
+    seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+    dev_gen = torch.Generator(device=scales.device).manual_seed(seed)
+    n = torch.randn((views,) + tuple(scales.shape), generator=dev_gen, device=scales.device,
+                    dtype=scales.dtype)                                    # [B, N, 3]
+    return torch.clamp(scales[None] * (1.0 + strength * (0.2 ** 0.5) / 4.0 * n), min=0.0)
 
 
 def _peak_memory(device: torch.device) -> int:
@@ -224,6 +288,9 @@ def train(cfg: C.Config, prompt: str, prior, out_dir: str | Path, *, resume: boo
 
     guidance = make_guidance(prior, cfg.guidance, prompt)
     W, H, B = cfg.render.width, cfg.render.height, t_cfg.batch
+    reference_disp = t_cfg.disparity == "reference"
+    # the regularisers follow the guidance's reduction over views, so the ratios stay the reference's
+    reg_weight = 1.0 / B if cfg.guidance.reduce == "mean" else 1.0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -249,23 +316,31 @@ def train(cfg: C.Config, prompt: str, prior, out_dir: str | Path, *, resume: boo
             cams = sample_orbit(cfg.camera, step, B, W, H, gen).to(device)
             bg = sample_backgrounds(B, t_cfg.bg_aug_prob, gen).to(device)
             use_disparity = bool(torch.rand((), generator=gen) < t_cfg.disparity_prob)
-            # 4. render
+            flip = bool(torch.rand((), generator=gen) < t_cfg.flip_prob)
+            # 4. render (scale augmentation: every view its own noisy scales)
+            gauss = activate(params, sh_degree)
+            if t_cfg.scale_aug > 0:
+                gauss = replace(gauss, scales=augment_scales(gauss.scales, B, t_cfg.scale_aug, gen))
             with phase("render_fwd"):
-                out = render(activate(params, sh_degree), cams, bg, backend=cfg.render.backend,
-                             near=cfg.render.near, far=cfg.render.far, eps2d=cfg.render.eps2d)
+                out = render(gauss, cams, bg, backend=cfg.render.backend, near=cfg.render.near,
+                             far=cfg.render.far, eps2d=cfg.render.eps2d,
+                             depth_grad=not reference_disp)
             strategy.pre_backward(out.info)
-            # 5. guided image
-            disp = normalised_disparity(out.depth, out.alpha)          # [B,1,H,W]
+            # 5. guided image, flipped with the step's coin
+            disp = (reference_disparity(out.depth, out.alpha, cams.Ks) if reference_disp
+                    else normalised_disparity(out.depth, out.alpha))     # [B,1,H,W]
             images = disp.expand(-1, 3, -1, -1) if use_disparity else out.rgb
-            # 6. losses
+            if flip:
+                images = torch.flip(images, dims=(-1,))
+            # 6. losses, at the reference's ratios
             g_out = guidance(images, cams.azimuth, warm_of_step(step, cfg.guidance.warmup_iters), gen)
             losses = {
                 "guidance": g_out.loss,
-                "tv": tv_squared(out.rgb) + tv_squared(disp),
-                "scale": torch.exp(params["scales"]).mean(),
+                "tv": tv_loss(out.rgb) + tv_loss(disp),
+                "scale": gauss.scales.mean(),
             }
-            loss = (losses["guidance"] + t_cfg.lambda_tv * losses["tv"]
-                    + t_cfg.lambda_scale * losses["scale"])
+            loss = losses["guidance"] + reg_weight * (t_cfg.lambda_tv * losses["tv"]
+                                                      + t_cfg.lambda_scale * losses["scale"])
             for o in optimizers.values():
                 o.zero_grad(set_to_none=True)
             # 7. backward (a non-finite loss only makes non-finite gradients, caught below)
@@ -299,12 +374,18 @@ def train(cfg: C.Config, prompt: str, prior, out_dir: str | Path, *, resume: boo
                         f"(last at step {step + 1}); the last good state is kept in {ckpt_path}")
             else:
                 consecutive_bad = 0
-                # 9b. optimizer step, then densification
+                # 9b. optimizer step, then densification (gsplat's order); or densification
+                #     first (the reference's): the Parameters it replaces have no gradient, so
+                #     they skip this step's update, as in the reference
+                if cfg.strategy.densify_before_step:
+                    with phase("densify"):
+                        strategy.post_backward(params, optimizers, state, step, out.info)
                 with phase("optimizer"):
                     for o in optimizers.values():
                         o.step()
-                with phase("densify"):
-                    strategy.post_backward(params, optimizers, state, step, out.info)
+                if not cfg.strategy.densify_before_step:
+                    with phase("densify"):
+                        strategy.post_backward(params, optimizers, state, step, out.info)
 
             done = step + 1
             elapsed = elapsed_before + time.perf_counter() - t0

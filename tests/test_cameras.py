@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ism3d.cameras import (
-    CameraError, camera_schedule, eval_ring, intrinsics, look_at, orbit_cameras, sample_orbit,
+    CameraError, azimuth_schedule, camera_schedule, eval_ring, intrinsics, look_at, orbit_cameras, sample_orbit,
     turntable, wrap_azimuth,
 )
 from ism3d.config import CameraConfig, ConfigError
@@ -164,30 +164,62 @@ def test_intrinsics_closed_form_and_fov_edges():
 
 
 # ------------------------------------------------------------------------------ schedule
-def reference_schedule(cfg, step):
-    """Independent iterative version: the reference's in-place updates every decay_every steps."""
+def reference_schedule(cfg, step, phi=(-180.0, 180.0), max_phi=(-180.0, 180.0)):
+    """Independent iterative version of the reference's train.py: in-place updates at the START of
+    iterations it = 500, 1000, ... (counted from 1); our 0-based step s runs iteration s + 1."""
     r = list(cfg.radius_range)
     f = list(cfg.fovy_range)
-    for it in range(1, step + 1):
-        if it % cfg.decay_every == 0:
+    p = list(phi)
+    for it in range(1, step + 2):
+        if it >= cfg.decay_every and it % cfg.decay_every == 0:
             f[0] = max(cfg.fovy_floor, f[0] * cfg.fovy_decay)
             f[1] = min(cfg.fovy_range[1], f[1] * 1.1)
             r[1] = max(cfg.radius_floor[1], r[1] * cfg.radius_decay)
             r[0] = max(cfg.radius_floor[0], r[0] * cfg.radius_decay)
-    return (*r, *f)
+            p[0] = max(max_phi[0], p[0] * 1.5)
+            p[1] = min(max_phi[1], p[1] * 1.5)
+    return (*r, *f), tuple(p)
 
 
-@pytest.mark.parametrize("step", [0, 1, 499, 500, 999, 1000, 1500, 2000, 3999, 4000, 5000, 20000])
+@pytest.mark.parametrize("step", [0, 1, 498, 499, 500, 998, 999, 1000, 1499, 2000, 3999, 4000,
+                                  5000, 20000])
 def test_schedule_matches_iterative_reference(step):
     cfg = CameraConfig()
-    assert camera_schedule(cfg, step) == pytest.approx(reference_schedule(cfg, step), rel=1e-12)
+    assert camera_schedule(cfg, step) == pytest.approx(reference_schedule(cfg, step)[0], rel=1e-12)
+    # the head configs' azimuth widening (+-80 -> +-120 -> +-180, rand_cam_gamma aside)
+    heads = CameraConfig(azimuth_range=(-80.0, 80.0), azimuth_range_max=(-180.0, 180.0))
+    assert azimuth_schedule(heads, step) == pytest.approx(
+        reference_schedule(heads, step, (-80.0, 80.0))[1], rel=1e-12)
+
+
+def test_azimuth_widening_by_hand():
+    heads = CameraConfig(azimuth_range=(-80.0, 80.0))
+    assert azimuth_schedule(heads, 0) == (-80.0, 80.0)
+    assert azimuth_schedule(heads, 498) == (-80.0, 80.0)        # iteration 499
+    assert azimuth_schedule(heads, 499) == (-120.0, 120.0)      # iteration 500
+    assert azimuth_schedule(heads, 999) == (-180.0, 180.0)      # 1000: 180 (capped from 180)
+    assert azimuth_schedule(CameraConfig(), 4999) == (-180.0, 180.0)
+    fixed = CameraConfig(azimuth_range=(-80.0, 80.0), azimuth_range_max=(-80.0, 80.0))
+    assert azimuth_schedule(fixed, 4999) == (-80.0, 80.0)
+    # the sampler draws inside the widened range and, at angle_gamma 1.5, closer to its middle
+    g = torch.Generator().manual_seed(0)
+    early = sample_orbit(heads, 0, 4000, 8, 8, g).azimuth
+    late = sample_orbit(heads, 999, 4000, 8, 8, g).azimuth
+    assert early.abs().max() <= 80.0 and early.abs().max() > 79.0
+    assert late.abs().max() > 170.0
+    gam = CameraConfig(azimuth_range=(-80.0, 80.0), angle_gamma=1.5)
+    a = sample_orbit(gam, 0, 20000, 8, 8, g).azimuth.double()
+    # |a| / 80 = U^1.5: E = 1 / 2.5 = 0.4 (uniform: 0.5); P(|a| < 40) = 0.5^(1/1.5) = 0.63
+    assert (a.abs() / 80).mean().item() == pytest.approx(0.4, abs=0.01)
+    assert (a.abs() < 40).double().mean().item() == pytest.approx(0.5 ** (1 / 1.5), abs=0.01)
+    assert (a > 0).double().mean().item() == pytest.approx(0.5, abs=0.015)
 
 
 def test_schedule_values_and_floors():
     cfg = CameraConfig()
     assert camera_schedule(cfg, 0) == pytest.approx((5.2, 5.5, 0.32, 0.60))
-    assert camera_schedule(cfg, 499) == pytest.approx((5.2, 5.5, 0.32, 0.60))
-    assert camera_schedule(cfg, 500) == pytest.approx((5.2 * 0.95, 5.5 * 0.95, 0.24, 0.60))
+    assert camera_schedule(cfg, 498) == pytest.approx((5.2, 5.5, 0.32, 0.60))
+    assert camera_schedule(cfg, 499) == pytest.approx((5.2 * 0.95, 5.5 * 0.95, 0.24, 0.60))
     # fovy floor reached at the 3rd decay (0.32 * 0.75^3 = 0.135 < 0.16)
     assert camera_schedule(cfg, 1500)[2] == pytest.approx(0.16)
     # radius max end floors at the 2nd decay, min end at the 8th (5.2 * 0.95^8 = 3.45 < 3.5)

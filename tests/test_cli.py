@@ -183,7 +183,7 @@ def test_renders_smaller_than_the_prior_warn_with_the_fix(tmp_path, tiny_run):
               "train.iters=2", "render.width=16", "render.height=16", "output.video=false",
               "output.gif=false", "output.mesh=false")
     assert r.returncode == 0, r.stderr
-    assert "ism3d: warning: renders are 16x16 but the prior tiny works at 32x32" in r.stderr
+    assert "ism3d: warning: renders are 16x16 and the prior tiny works at 32x32" in r.stderr
     assert "UserWarning" not in r.stderr                   # one line, not Python's two
     assert "render.width=32 render.height=32" in r.stderr
     assert "upsampled" not in tiny_run[1].stderr           # 32x32 renders: no warning

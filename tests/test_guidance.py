@@ -7,6 +7,7 @@ import dataclasses
 import math
 import zlib
 
+import numpy as np
 import pytest
 import torch
 
@@ -79,7 +80,7 @@ def make_cfg(**kw) -> GuidanceConfig:
 
 def fixed_t_cfg(t: int, **kw) -> GuidanceConfig:
     """A config whose sampler can only draw `t` (with warm = 0, dT = delta_t)."""
-    return make_cfg(t_min=t, t_max_end=t + 1, t_max_start=t + 1, **kw)
+    return make_cfg(t_min=t, t_max_end=t, t_max_start=t, **kw)
 
 
 def images_(seed=0, dtype=F64):
@@ -106,9 +107,11 @@ def hand_perp_weights(az: float) -> tuple[list[str], list[float]]:
     return ["side", "front"], [w_side, -2.0]
 
 
-def reference_draws(gen_state, t_lo, t_hi, offset=0.1):
+def reference_draws(gen_state, idx_lo, idx_hi, offset=0.1):
+    """The reference's draws: an INDEX ~ randint(idx_lo, idx_hi) (exclusive), timestep = index + 1
+    (SD 2.1-base's DDIM timesteps with steps_offset 1), then the noise."""
     g = torch.Generator().set_state(gen_state)
-    t = int(torch.randint(t_lo, t_hi, (1,), generator=g).item())
+    t = int(torch.randint(idx_lo, idx_hi, (1,), generator=g).item()) + 1
     noise = torch.randn(B, C, S, S, generator=g)
     if offset > 0:
         noise = noise + offset * torch.randn(1, C, 1, 1, generator=g)
@@ -150,7 +153,7 @@ def reference_ism_grad(fake, images, az, cfg, t, dT, noise):
     z0 = 2 * images.detach().double() - 1
     empty = emb_of("").expand(B, -1, -1)
     E = lambda x, tt: fake.eps_fn(x, torch.full((B,), tt), empty)    # noqa: E731
-    s = max(t - dT, 0)
+    s = max((t - 1) - dT, 0) + 1         # the reference clips the INDEX at 0: s >= timestep 1
     start = max(s - cfg.delta_s * cfg.xs_inv_steps, cfg.t_first)
     x = math.sqrt(ab(start)) * z0 + math.sqrt(1 - ab(start)) * noise
     cur = start
@@ -186,8 +189,8 @@ def test_ism_gradient_equals_float64_closed_form(t, over, perp_neg):
     imgs = images_()
     out = ISMGuidance(fake, cfg, PROMPT)(imgs, AZ, 0.0, gen)
     out.loss.backward()
-    t_ref, noise = reference_draws(state, t, t + 1, cfg.offset_noise)
-    assert t_ref == t == out.logs["t"] and out.logs["s"] == max(t - cfg.delta_t, 0)
+    t_ref, noise = reference_draws(state, t - 1, t, cfg.offset_noise)
+    assert t_ref == t == out.logs["t"] and out.logs["s"] == max(t - cfg.delta_t, 1)
     grad = reference_ism_grad(fake, imgs, AZ, cfg, t, cfg.delta_t, noise)
     # d loss / d image = 2 * d loss / d z0 (z0 = 2 image - 1); reduce = mean divides by B
     torch.testing.assert_close(imgs.grad, 2 * grad / B, rtol=1e-10, atol=1e-12)
@@ -198,7 +201,8 @@ def test_ism_gradient_equals_float64_closed_form(t, over, perp_neg):
 def test_ism_random_t_at_warm_matches_reference():
     cfg = make_cfg(perp_neg=True)
     fake = FakePrior()
-    w = warm(1050, 1500)                        # 0.3: dT = 80 + ceil(6) = 86, t_hi = 500 + 144
+    w = warm(1049, 1500)      # iteration 1050: 1 - 0.7 = 0.30000000000000004; the reference's
+    #                           dT = int(80 + ceil(6.000000000000001)) = 87, index < 500 + 144
     for seed in range(3):
         gen = torch.Generator().manual_seed(seed)
         state = gen.get_state()
@@ -206,13 +210,14 @@ def test_ism_random_t_at_warm_matches_reference():
         out = ISMGuidance(fake, cfg, PROMPT)(imgs, AZ, w, gen)
         out.loss.backward()
         t, noise = reference_draws(state, 20, 644)
-        assert out.logs["t"] == t and out.logs["dT"] == 86
-        grad = reference_ism_grad(fake, imgs, AZ, cfg, t, 86, noise)
+        assert out.logs["t"] == t and out.logs["dT"] == 87
+        grad = reference_ism_grad(fake, imgs, AZ, cfg, t, 87, noise)
         torch.testing.assert_close(imgs.grad, 2 * grad / B, rtol=1e-10, atol=1e-12)
 
 
 CALL_CASES = [  # (t, overrides, timesteps of the inversion calls); delta_t 80, delta_s 200, 5 steps
-    (30, {}, [1]),                     # s = 0 < t_first: one step 1 -> 0
+    (30, {}, []),                      # s = max(30 - 80, 1) = 1 = start: no call
+    (30, {"skip_identity_inversion": False}, [1]),
     (81, {}, []),                      # s = 1 = start: identity call skipped
     (81, {"skip_identity_inversion": False}, [1]),
     (100, {}, [1]),
@@ -232,7 +237,7 @@ def test_ism_eps_calls_match_cost_line(t, over, inv, perp_neg):
     cfg = fixed_t_cfg(t, perp_neg=perp_neg, **over)
     fake = FakePrior()
     out = ISMGuidance(fake, cfg, PROMPT)(images_(), AZ, 0.0, torch.Generator().manual_seed(0))
-    s = max(t - cfg.delta_t, 0)
+    s = max(t - cfg.delta_t, 1)
     rows = 4 * B if perp_neg else 2 * B
     # inversion calls at the SOURCE step, then eps_s at s, then one CFG call at t
     expected = [(B, [c] * B) for c in inv] + [(B, [s] * B), (rows, [t] * rows)]
@@ -299,7 +304,7 @@ def test_return_images_shapes_and_grad_unchanged():
 # ---------------------------------------------------------------------------------------------
 # SDS and CFG
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("weighting", ["constant", "sds", "gamma"])
+@pytest.mark.parametrize("weighting", ["constant", "dreamfusion", "gamma"])
 @pytest.mark.parametrize("perp_neg", [False, True])
 def test_sds_equals_closed_form(weighting, perp_neg):
     t = 450
@@ -312,10 +317,10 @@ def test_sds_equals_closed_form(weighting, perp_neg):
     assert isinstance(guidance, SDSGuidance)
     out = guidance(imgs, AZ, 0.0, gen)
     out.loss.backward()
-    _, noise = reference_draws(state, t, t + 1)
+    _, noise = reference_draws(state, t - 1, t)
     a = fake.alphas_cumprod.double()[t].item()
     x_t = math.sqrt(a) * (2 * imgs.detach() - 1) + math.sqrt(1 - a) * noise
-    w = {"constant": 1.0, "sds": 1 - a, "gamma": math.sqrt((1 - a) / a)}[weighting]
+    w = {"constant": 1.0, "dreamfusion": 1 - a, "gamma": math.sqrt((1 - a) / a)}[weighting]
     grad = cfg.lambda_guidance * w * (reference_eps_cfg(fake, x_t, t, AZ, cfg) - noise)
     torch.testing.assert_close(imgs.grad, 2 * grad, rtol=1e-10, atol=1e-12)
     rows = 4 * B if perp_neg else 2 * B
@@ -385,20 +390,54 @@ def test_perpendicular_is_orthogonal_per_sample_and_combine_matches_naive():
 # Schedule
 # ---------------------------------------------------------------------------------------------
 def test_warm():
-    assert [warm(s, 1500) for s in (0, 750, 1500, 3000)] == [1.0, 0.5, 0.0, 0.0]
+    # the reference's warm_up_rate = 1 - min(iteration / 1500, 1), iterations counted from 1
+    assert [warm(s, 1500) for s in (0, 749, 1499, 3000)] == [1 - 1 / 1500, 0.5, 0.0, 0.0]
+    assert all(warm(s, 1500) == 1.0 - min((s + 1) / 1500, 1.0) for s in range(0, 2000, 7))
 
 
 @pytest.mark.parametrize("w,ceil_,floor_", [
-    (1.0, (100, 20, 980), (100, 20, 980)),
-    (0.5, (90, 20, 740), (90, 20, 740)),
-    (0.0, (80, 20, 500), (80, 20, 500)),
-    (0.33, (87, 20, 658), (86, 20, 658)),           # 6.6 -> 7 | 6; 158.4 -> 158
-    (warm(1050, 1500), (86, 20, 644), (86, 20, 644)),  # 0.30000000000000004 * 20 is 6, not 7
-    (0.999, (100, 20, 979), (99, 20, 979)),         # 19.98 -> 20 | 19; 479.52 -> 479
+    (1.0, (100, 21, 980), (100, 21, 980)),
+    (0.5, (90, 21, 740), (90, 21, 740)),
+    (0.0, (80, 21, 500), (80, 21, 500)),
+    (0.33, (87, 21, 658), (86, 21, 658)),           # 6.6 -> 7 | 6; 158.4 -> 158
+    (1 - 1050 / 1500, (87, 21, 644), (86, 21, 644)),  # raw 6.000000000000001: ceil 7, as the reference
+    (warm(1049, 1500), (87, 21, 644), (86, 21, 644)),  # the same iteration 1050
+    (0.999, (100, 21, 979), (99, 21, 979)),         # 19.98 -> 20 | 19; 479.52 -> 479
 ])
 def test_interval_and_range_by_hand(w, ceil_, floor_):
     assert interval_and_range(w, make_cfg(delta_t_rounding="ceil")) == ceil_
     assert interval_and_range(w, make_cfg(delta_t_rounding="floor")) == floor_
+    # auto: the reference's ceil on its Perp-Neg path, int() on its plain path
+    assert interval_and_range(w, make_cfg(delta_t_rounding="auto", perp_neg=True)) == ceil_
+    assert interval_and_range(w, make_cfg(delta_t_rounding="auto", perp_neg=False)) == floor_
+
+
+def reference_index_sampler(gen, step, perp_neg, delta_t=80, delta_t_start=100, warmup=1500):
+    """The reference's sd_utils, written out in its own terms: iteration from 1, an INDEX draw,
+    the index clipped at 0, timesteps = index + 1."""
+    iteration = step + 1
+    warm_up_rate = 1. - min(iteration / warmup, 1.)
+    if perp_neg:
+        dT = int(delta_t + np.ceil(warm_up_rate * (delta_t_start - delta_t)))
+    else:
+        dT = int(delta_t + warm_up_rate * (delta_t_start - delta_t))
+    ind_t = int(torch.randint(20, 500 + int(480 * warm_up_rate), (1,), generator=gen)[0])
+    ind_s = max(ind_t - dT, 0)
+    return ind_t + 1, ind_s + 1, dT
+
+
+@pytest.mark.parametrize("perp_neg", [False, True])
+def test_sampler_matches_the_reference_index_draws(perp_neg):
+    cfg = make_cfg(perp_neg=perp_neg, delta_t=50, delta_t_start=100)
+    ours, ref = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    seen_s1 = False
+    for step in [0, 1, 2, 700, 1049, 1498, 1499, 1500, 4999] + list(range(3, 1600, 37)):
+        for _ in range(5):
+            got = sample_t(warm(step, cfg.warmup_iters), cfg, ours)
+            want = reference_index_sampler(ref, step, perp_neg, 50, 100)
+            assert got == want, (step, got, want)
+            seen_s1 |= got[1] == 1
+    assert seen_s1                                      # the clip at timestep 1 was exercised
 
 
 def test_sample_t_stays_in_range_and_reaches_both_ends():
@@ -407,13 +446,13 @@ def test_sample_t_stays_in_range_and_reaches_both_ends():
     for w, hi in ((0.0, 25), (1.0, 30)):
         draws = [sample_t(w, cfg, g) for _ in range(300)]
         ts = {t for t, _, _ in draws}
-        assert ts == set(range(20, hi))               # upper bound exclusive, both ends reached
+        assert ts == set(range(20, hi + 1))           # both ends included and reached
         for t, s, dT in draws:
-            assert s == max(t - dT, 0) == 0           # dT >= 80 > t
+            assert s == max(t - dT, 1) == 1           # dT >= 80 > t: s clipped at t_first
     cfg = make_cfg(delta_t=25, delta_t_start=25)
     for _ in range(300):
         t, s, dT = sample_t(0.5, cfg, g)
-        assert 20 <= t < 740 and dT == 25 and s == max(t - 25, 0)
+        assert 21 <= t <= 740 and dT == 25 and s == max(t - 25, 1)
 
 
 def test_sample_noise_is_randn_plus_offset_in_draw_order():

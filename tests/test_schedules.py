@@ -38,7 +38,9 @@ def test_log_linear_rejects_bad_input():
 def test_lr_for_step_maps_every_parameter():
     cfg = OptimConfig()
     total = 5000
-    lr0, lrm, lr1 = (lr_for_step(cfg, s, total) for s in (0, total // 2, total))
+    # the schedule runs on the reference's 1-based iteration = step + 1: step -1 would be the
+    # start rates, step total/2 - 1 the geometric mean, the last step (total - 1) the end rates
+    lr0, lrm, lr1 = (lr_for_step(cfg, s - 1, total) for s in (0, total // 2, total))
     assert set(lr0) == {"means", "sh0", "shN", "opacities", "scales", "quats"}
     expect = {"means": cfg.means_lr, "sh0": cfg.colors_lr, "opacities": cfg.opacities_lr,
               "scales": cfg.scales_lr, "quats": cfg.quats_lr}
@@ -71,13 +73,14 @@ def test_make_optimizers_layout_and_set_lrs():
     opts = make_optimizers(params, cfg)
     assert set(opts) == set(params.keys())
     lr0 = lr_for_step(cfg, 0, 10)
+    assert lr0["means"] == pytest.approx(log_linear(1, 10, *cfg.means_lr), rel=1e-14)
     for name, opt in opts.items():
         assert isinstance(opt, torch.optim.Adam)
         assert len(opt.param_groups) == 1
         (group,) = opt.param_groups
         assert len(group["params"]) == 1 and group["params"][0] is params[name]
         assert group["eps"] == 1e-15
-        assert group["lr"] == pytest.approx(lr0[name])
+        assert group["lr"] == pytest.approx(lr_for_step(cfg, -1, 10)[name])   # the start rates
     # one Adam step works, even for the empty shN of degree 0
     for p in params.values():
         p.grad = torch.ones_like(p)
@@ -86,7 +89,7 @@ def test_make_optimizers_layout_and_set_lrs():
         o.step()
     # Adam's first step moves each entry by lr (sign of the gradient)
     torch.testing.assert_close(before - params["means"].detach(),
-                               torch.full_like(before, lr0["means"]), rtol=1e-4, atol=0)
+                               torch.full_like(before, cfg.means_lr[0]), rtol=1e-4, atol=0)
     lrs = lr_for_step(cfg, 7, 10)
     set_lrs(opts, lrs)
     for name, opt in opts.items():

@@ -87,9 +87,15 @@ def ndc_norm(g, n_views, scale_views=True):
 # ---------------------------------------------------------------------------- the schedule
 def test_schedule_steps_with_defaults():
     s = DensifyStrategy(StrategyConfig())
-    assert [t for t in range(5000) if s.is_densify_step(t)] == list(range(100, 3000, 100))
-    assert [t for t in range(5000) if s.is_reset_step(t)] == [300, 600, 900, 1200, 1500, 1800,
-                                                              2100, 2400, 2700]
+    # the reference's 1-based iterations 200, 300, ..., 2900 (iteration > 100, not at 100) are
+    # our 0-based steps 199, ..., 2899; resets at iterations 300, ..., 2700 (< 3000)
+    assert [t + 1 for t in range(5000) if s.is_densify_step(t)] == list(range(200, 3000, 100))
+    assert [t + 1 for t in range(5000) if s.is_reset_step(t)] == [300, 600, 900, 1200, 1500, 1800,
+                                                                  2100, 2400, 2700]
+    # the reference's own loop, written out: `iteration > densify_from_iter and iteration %
+    # densification_interval == 0` inside `iteration < densify_until_iter`
+    ref = [it for it in range(1, 5001) if it < 3000 and it > 100 and it % 100 == 0]
+    assert [t + 1 for t in range(5000) if s.is_densify_step(t)] == ref
     # the gsplat 1.5.3 expression this replaces never fires (a chained comparison)
     assert not any((t % 300 == 0 & t > 0) for t in range(1, 5000))
 
@@ -119,7 +125,7 @@ def test_opacity_reset_fires_exactly_at_scheduled_steps():
             assert op[0] == pytest.approx(0.5, rel=1e-6)
             assert (opts["opacities"].state[params["opacities"]]["exp_avg"] == 0.25).all()
         assert_aligned(params, opts, state)
-    assert fired == [3, 6, 9]
+    assert fired == [2, 5, 8]                     # iterations 3, 6, 9
 
 
 # ---------------------------------------------------------------------------- clone / split / prune
@@ -141,7 +147,7 @@ def test_clone_split_prune_and_adam_moments():
     big, small = [1e-3, -2e-3], [1e-6, 0.0]
     grads = [[big, big, small, small, big]]
     info = fake_info(grads, [[3, 3, 3, 3, 0]])
-    stats = strat.post_backward(params, opts, state, 100, info)
+    stats = strat.post_backward(params, opts, state, 199, info)     # iteration 200
 
     assert stats == {"densified": True, "n_clone": 1, "n_split": 1, "n_prune": 1, "reset": False,
                      "n_gaussians": 6}
@@ -191,7 +197,7 @@ def test_split_children_are_drawn_from_the_gaussian():
         assert st["n_split"] == n and st["n_gaussians"] == 2 * n
         return params
 
-    p = run(0, 200)
+    p = run(0, 199)
     off = (p["means"].detach().double() - torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
     # rotation matrix from the quaternion, computed independently (scipy uses x, y, z, w)
     from scipy.spatial.transform import Rotation
@@ -203,8 +209,8 @@ def test_split_children_are_drawn_from_the_gaussian():
     assert np.abs(off.numpy().mean(0)).max() < 4 * 0.1 / math.sqrt(2 * n)
     torch.testing.assert_close(p["scales"].detach(),
                                torch.log(torch.tensor(s) / 1.6).expand(2 * n, 3))
-    assert torch.equal(run(0, 200)["means"], p["means"])
-    assert not torch.equal(run(0, 300)["means"], p["means"])
+    assert torch.equal(run(0, 199)["means"], p["means"])
+    assert not torch.equal(run(0, 299)["means"], p["means"])
 
 
 def test_big_gaussians_pruned_only_after_prune_big_after():
@@ -225,12 +231,12 @@ def test_big_gaussians_pruned_only_after_prune_big_after():
         assert_aligned(params, opts, state)
         return stats, params, means
 
-    stats, _, _ = run(cfg, 300)                    # a densify step, but not after 300
+    stats, _, _ = run(cfg, 299)                    # iteration 300: densifies, not after 300
     assert stats["densified"] and stats["n_prune"] == 0 and stats["n_gaussians"] == 3
-    stats, params, means = run(cfg, 400)
+    stats, params, means = run(cfg, 399)
     assert stats["n_prune"] == 2
     assert torch.equal(params["means"].detach(), means[[2]])
-    stats, params, means = run(replace(cfg, max_screen_radius=0.0), 400)  # screen test off
+    stats, params, means = run(replace(cfg, max_screen_radius=0.0), 399)  # screen test off
     assert stats["n_prune"] == 1
     assert torch.equal(params["means"].detach(), means[[1, 2]])
 
@@ -244,13 +250,13 @@ def test_max_gaussians_keeps_the_highest_gradients():
     strat = DensifyStrategy(cfg)
     state = strat.init_state(4, "cpu")
     grads = [[[1e-3, 0], [3e-3, 0], [0, 0], [2e-3, 0]]]   # three candidates, room for one
-    stats = strat.post_backward(params, opts, state, 100, fake_info(grads, [[1, 1, 1, 1]]))
+    stats = strat.post_backward(params, opts, state, 199, fake_info(grads, [[1, 1, 1, 1]]))
     assert stats["n_clone"] == 1 and stats["n_gaussians"] == 5
     assert torch.equal(params["means"].detach()[4], means[1])
     assert_aligned(params, opts, state)
     # full: nothing grows
     state = strat.init_state(5, "cpu")
-    stats = strat.post_backward(params, opts, state, 200,
+    stats = strat.post_backward(params, opts, state, 299,
                                 fake_info(np.full((1, 5, 2), 1e-2), np.ones((1, 5))))
     assert stats["n_clone"] == 0 and stats["n_gaussians"] == 5
 
@@ -303,7 +309,7 @@ def test_all_views_densifies_what_last_view_misses():
         opts = make_optimizers(params, OptimConfig())
         strat = DensifyStrategy(StrategyConfig(stats_views=views))
         state = strat.init_state(1, "cpu")
-        result[views] = strat.post_backward(params, opts, state, 100, fake_info(grads, radii))
+        result[views] = strat.post_backward(params, opts, state, 199, fake_info(grads, radii))
     # all: mean over 2 visits of |2e-3 * 32 * 2| = 0.064 >= 0.00075; last: 0
     assert result["all"]["n_clone"] == 1 and result["last"]["n_clone"] == 0
 
@@ -373,7 +379,7 @@ def test_densify_on_cuda_matches_cpu_counts():
         strat = DensifyStrategy(StrategyConfig(), seed=1)
         state = strat.init_state(4, dev)
         info = fake_info(grads, radii, device=dev)
-        out[dev] = strat.post_backward(params, opts, state, 300, info)
+        out[dev] = strat.post_backward(params, opts, state, 299, info)
         assert_aligned(params, opts, state)
         assert all(v.device.type == dev for v in state.values())
         assert params["opacities"].device.type == dev

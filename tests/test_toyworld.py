@@ -18,6 +18,9 @@ from ism3d.priors.base import PriorError
 from ism3d.priors.pixel import PixelPriorConfig
 from ism3d.render import render
 from ism3d.render.sh import SH_C0
+from ism3d.toyworld import model_card
+from ism3d.toyworld import prior_eval as pe
+from ism3d.toyworld import prior_model as pm
 from ism3d.toyworld import train_prior as tp
 from ism3d.toyworld.data import ObjectBank, DataConfig, ToyWorldData
 from ism3d.toyworld.world import (AMBIENT, ASYMMETRIC, COLOURS, FAMILIES, LIGHTS, SYMMETRIC, VIEWS,
@@ -228,7 +231,7 @@ def test_vocabulary_covers_every_caption_and_guidance_prompt():
             for v in VIEWS:
                 words = prior.split_words(caption(c, f, v))
                 assert set(words) <= set(vocab)
-                assert len(words) + 1 <= tp.prior_config(32, "small").max_length
+                assert len(words) + 1 <= pm.prior_config(32, "small").max_length
 
 
 def test_parse_prompt():
@@ -354,7 +357,7 @@ def test_two_step_training_writes_a_loadable_fp16_prior(tmp_path):
     # ...with azimuths drawn independently, though the toy preset distils with stratified ones
     assert saved["training"]["camera"]["azimuth_sampling"] == "uniform"
     assert "look-at jitter none;" in (out / "MODEL_CARD.md").read_text()
-    assert tp._jitter({"jitter_center": 0.05, "jitter_target": 0.05, "jitter_up": 0.01}) == \
+    assert model_card._jitter({"jitter_center": 0.05, "jitter_target": 0.05, "jitter_up": 0.01}) == \
         "centre U(+-0.025), target N(0, 0.05^2), up N(0, 0.01^2)"
     # --init-from continues from the saved weights (with lr ~ 0 they come back unchanged); a
     # time budget of 3 s cuts 100000 steps to what fits, and the run still ends cleanly and saves
@@ -366,18 +369,18 @@ def test_two_step_training_writes_a_loadable_fp16_prior(tmp_path):
     assert m2["training"]["train_seconds"] < 20.0
     a, b = prior.state_dict(), PixelPrior.from_pretrained(again).state_dict()
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
-    with pytest.raises(tp.TrainPriorError, match="--res"):
+    with pytest.raises(pm.TrainPriorError, match="--res"):
         tp.main(["--out", str(tmp_path / "bad"), "--init-from", str(out), "--res", "32", "--device", "cpu"])
 
 
 def test_patchify_starts_as_the_small_prior_on_pooled_images():
     # Independent computation: run the patch-1 prior on the 2x2-mean image and upsample its output
     # by repetition; the patch-2 prior made from it must give exactly that (float64).
-    small = PixelPrior(tp.prior_config(16, "tiny"), dtype=torch.float64, seed=3)
+    small = PixelPrior(pm.prior_config(16, "tiny"), dtype=torch.float64, seed=3)
     with torch.no_grad():
         for p in small.unet.parameters():   # non-trivial conv_in/out biases and weights
             p.add_(0.05 * torch.randn_like(p))
-    big = tp.patchify(small, 2)
+    big = pm.patchify(small, 2)
     assert (big.image_size, big.patch, big.latent_shape) == (32, 2, (3, 32, 32))
     assert big.config.unet["in_channels"] == big.config.unet["out_channels"] == 12
     x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
@@ -393,12 +396,12 @@ def test_patchify_starts_as_the_small_prior_on_pooled_images():
     with torch.no_grad():
         big.unet.conv_in.weight[:, 1::4] += 0.3   # sub-pixel (0, 1) of each colour
         assert not torch.allclose(big.unet_forward(x, t, emb), want, atol=1e-3)
-    with pytest.raises(tp.TrainPriorError, match="patch-1"):
-        tp.patchify(big, 2)
+    with pytest.raises(pm.TrainPriorError, match="patch-1"):
+        pm.patchify(big, 2)
 
 
 def test_patched_prior_saves_loads_and_trains(tmp_path):
-    cfg = tp.prior_config(32, "tiny", patch=2)
+    cfg = pm.prior_config(32, "tiny", patch=2)
     assert (cfg.image_size, cfg.patch, cfg.unet["sample_size"], cfg.unet["in_channels"]) == (32, 2, 16, 12)
     prior = PixelPrior(cfg, seed=1)
     prior.save_pretrained(tmp_path / "p")
@@ -412,7 +415,7 @@ def test_patched_prior_saves_loads_and_trains(tmp_path):
         PixelPrior(bad)
     # --init-from a 16x16 patch-1 prior with --patch 2 trains a 32x32 patch-2 prior (the warm start)
     small = tmp_path / "small"
-    PixelPrior(tp.prior_config(16, "tiny")).save_pretrained(small)
+    PixelPrior(pm.prior_config(16, "tiny")).save_pretrained(small)
     m = tp.main(["--out", str(tmp_path / "big"), "--init-from", str(small), "--patch", "2",
                  "--batch", "2", "--steps", "2", "--warmup", "1", "--no-eval", "--points", "300",
                  "--device", "cpu"])
@@ -428,20 +431,20 @@ def test_patched_prior_saves_loads_and_trains(tmp_path):
                  "--batch", "2", "--steps", "1", "--warmup", "1", "--no-eval", "--points", "300",
                  "--device", "cpu"])
     assert PixelPrior.from_pretrained(tmp_path / "big2").image_size == 32
-    with pytest.raises(tp.TrainPriorError, match="--patch must be"):
+    with pytest.raises(pm.TrainPriorError, match="--patch must be"):
         tp.main(["--out", str(tmp_path / "bad"), "--patch", "0", "--device", "cpu"])
-    with pytest.raises(tp.TrainPriorError, match="--res 16"):
+    with pytest.raises(pm.TrainPriorError, match="--res 16"):
         tp.main(["--out", str(tmp_path / "bad"), "--init-from", str(small), "--patch", "2",
                  "--res", "16", "--device", "cpu"])
 
 
 def test_shipped_architecture_fits_the_weight_limit():
-    cfg = tp.prior_config(32, "small")
+    cfg = pm.prior_config(32, "small")
     prior = PixelPrior(cfg)
     n = sum(p.numel() for p in prior.state_dict().values())
-    assert 2 * n < tp.WEIGHTS_LIMIT, n
-    with pytest.raises(tp.TrainPriorError):
-        tp.prior_config(20, "small")                                # 3 downsamplings need res % 8 == 0
+    assert 2 * n < pm.WEIGHTS_LIMIT, n
+    with pytest.raises(pm.TrainPriorError):
+        pm.prior_config(20, "small")                                # 3 downsamplings need res % 8 == 0
 
 
 def test_shipped_prior_was_trained_on_the_toy_presets_cameras():
@@ -503,12 +506,12 @@ def test_ddim_sample_recovers_the_oracle_image():
     g = torch.Generator().manual_seed(0)
     red, blue = (torch.rand(3, 8, 8, generator=g) * 2 - 1 for _ in range(2))
     prior = OraclePrior({"a red cube": red, "a blue cube": blue, "": torch.zeros(3, 8, 8)})
-    out = tp.ddim_sample(prior, ["a red cube", "a blue cube"], steps=10, cfg_scale=1.0,
+    out = pe.ddim_sample(prior, ["a red cube", "a blue cube"], steps=10, cfg_scale=1.0,
                          gen=torch.Generator().manual_seed(1))
     assert prior.calls == 10
     assert torch.allclose(out, (torch.stack([red, blue]) + 1) / 2, atol=1e-4)
     # guidance g: eps_u + g (eps_c - eps_u) is the oracle of x_u + g (x_c - x_u) (linear in x*)
-    out = tp.ddim_sample(prior, ["a red cube"], steps=6, cfg_scale=0.5, gen=torch.Generator().manual_seed(2))
+    out = pe.ddim_sample(prior, ["a red cube"], steps=6, cfg_scale=0.5, gen=torch.Generator().manual_seed(2))
     assert torch.allclose(out[0], ((0.5 * red).clamp(-1, 1) + 1) / 2, atol=1e-4)
 
 
@@ -520,15 +523,15 @@ def test_foreground_and_hue_match_on_a_synthetic_image():
     img[0, :, 3:7, 4:9] = red * 0.5                                 # shaded red square
     img[1, :, 2:10, 2:5] = red
     img[1, :, 2:10, 5:8] = 0.1                                      # a dark (uncoloured) part
-    mask, bg = tp.foreground(img)
+    mask, bg = pe.foreground(img)
     assert torch.allclose(bg[0], torch.tensor([0.3, 0.6, 0.9])) and torch.allclose(bg[1], torch.ones(3))
     expect = torch.zeros(2, 12, 12, dtype=torch.bool)
     expect[0, 3:7, 4:9] = True
     expect[1, 2:10, 2:8] = True
     assert torch.equal(mask, expect)
-    assert tp.hue_match(img, mask, "red").tolist() == [1.0, 1.0]
-    assert tp.hue_match(img, mask, "pink").tolist() == [0.0, 0.0]
-    assert math.isnan(float(tp.hue_match(img, torch.zeros_like(mask), "red")[0]))
+    assert pe.hue_match(img, mask, "red").tolist() == [1.0, 1.0]
+    assert pe.hue_match(img, mask, "pink").tolist() == [0.0, 0.0]
+    assert math.isnan(float(pe.hue_match(img, torch.zeros_like(mask), "red")[0]))
 
 
 def test_iou_matrix_against_a_loop():
@@ -537,7 +540,7 @@ def test_iou_matrix_against_a_loop():
     b = torch.rand(7, 40, generator=g) > 0.6
     b[0] = False
     a[0] = False
-    got = tp.iou_matrix(a, b)
+    got = pe.iou_matrix(a, b)
     for i in range(5):
         for j in range(7):
             inter = sum(bool(x and y) for x, y in zip(a[i].tolist(), b[j].tolist()))
@@ -550,7 +553,7 @@ def test_normalise_masks_removes_position_and_scale():
     m[0, 4:8, 10:18] = True                                         # a 4 x 8 box
     m[1, 12:24, 2:26] = True                                        # the same box, 3x, elsewhere
     m[2, 0:10, 5:9] = True                                          # touches the border
-    flat, framed = tp.normalise_masks(m)
+    flat, framed = pe.normalise_masks(m)
     assert torch.equal(flat[0], flat[1]) and int(flat[0].sum()) == 32 * 16
     assert framed.tolist() == [True, True, False]
 

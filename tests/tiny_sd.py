@@ -340,3 +340,161 @@ def save_ldm_single_file(folder: str | Path, out_file: str | Path) -> Path:
     state.update(_openclip_to_ldm(load_file(folder / "text_encoder" / "model.safetensors")))
     save_file({k: v.contiguous() for k, v in state.items()}, str(out_file))
     return out_file
+
+
+# ---------------------------------------------------------------------------------------------
+# SDXL layout: two text encoders, text_time added conditioning (tiny, and the full architecture)
+# ---------------------------------------------------------------------------------------------
+# Scheduler config of stabilityai/stable-diffusion-xl-base-1.0 (scheduler/scheduler_config.json).
+SDXL_BASE_SCHEDULER = {
+    "_class_name": "EulerDiscreteScheduler",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "interpolation_type": "linear",
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "sample_max_value": 1.0,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "trained_betas": None,
+    "use_karras_sigmas": False,
+}
+
+
+def tiny_sdxl_configs(vocab_size: int = 528) -> dict[str, dict]:
+    """Configs of a tiny SDXL-layout pipeline: latent 8x8x4 <-> image 64x64; text widths 32 + 48
+    (cross_attention_dim 80; the widths differ as in SDXL, 768 + 1280, which diffusers' single-file
+    loader relies on), pooled width 48, 6 time ids x 8 -> added embedding 48 + 48 = 96."""
+    unet = dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=2,
+                block_out_channels=[32, 64], norm_num_groups=32,
+                down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
+                up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
+                cross_attention_dim=80, attention_head_dim=[2, 4], transformer_layers_per_block=[1, 2],
+                use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+                projection_class_embeddings_input_dim=96)
+    vae = dict(in_channels=3, out_channels=3, latent_channels=4, sample_size=64, layers_per_block=1,
+               block_out_channels=[16, 16, 32, 32], norm_num_groups=8,
+               down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+               scaling_factor=0.13025, force_upcast=True)
+    te = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+              num_hidden_layers=2, max_position_embeddings=77, projection_dim=32, layer_norm_eps=1e-5,
+              bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=1)
+    return {"unet": unet, "vae": vae, "text_encoder": dict(te, hidden_act="quick_gelu"),
+            "text_encoder_2": dict(te, hidden_act="gelu", hidden_size=48, intermediate_size=96, projection_dim=48),
+            "scheduler": copy.deepcopy(SDXL_BASE_SCHEDULER)}
+
+
+def sdxl_base_configs() -> dict[str, dict]:
+    """Architecture configs of stabilityai/stable-diffusion-xl-base-1.0 (2.6 B UNet parameters,
+    CLIP ViT-L + OpenCLIP bigG text encoders), for GPU benchmarks with random weights."""
+    unet = dict(sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, act_fn="silu",
+                block_out_channels=[320, 640, 1280], norm_num_groups=32, norm_eps=1e-5,
+                down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+                up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+                cross_attention_dim=2048, attention_head_dim=[5, 10, 20], transformer_layers_per_block=[1, 2, 10],
+                use_linear_projection=True, addition_embed_type="text_time", addition_embed_type_num_heads=64,
+                addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+                flip_sin_to_cos=True, freq_shift=0, downsample_padding=1, mid_block_scale_factor=1)
+    vae = dict(in_channels=3, out_channels=3, latent_channels=4, sample_size=1024, layers_per_block=2,
+               block_out_channels=[128, 256, 512, 512], norm_num_groups=32, act_fn="silu",
+               down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+               scaling_factor=0.13025, force_upcast=True)
+    common = dict(vocab_size=49408, max_position_embeddings=77, layer_norm_eps=1e-5, bos_token_id=49406,
+                  eos_token_id=49407, pad_token_id=1, attention_dropout=0.0, dropout=0.0)
+    te1 = dict(common, hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+               projection_dim=768, hidden_act="quick_gelu")
+    te2 = dict(common, hidden_size=1280, intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32,
+               projection_dim=1280, hidden_act="gelu")
+    return {"unet": unet, "vae": vae, "text_encoder": te1, "text_encoder_2": te2,
+            "scheduler": copy.deepcopy(SDXL_BASE_SCHEDULER)}
+
+
+def _build_and_save_sdxl(path: str | Path, configs: dict[str, dict], tok1, tok2, seed: int,
+                         dtype: torch.dtype = torch.float32) -> Path:
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from transformers.utils import logging as tlog
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**configs["unet"])
+        vae = AutoencoderKL(**configs["vae"])
+        te1 = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"]))
+        te2 = CLIPTextModelWithProjection(CLIPTextConfig(**configs["text_encoder_2"]))
+    if dtype != torch.float32:  # the benchmark's full-size model: fp16 halves the 7 GB on disk
+        unet, vae, te1, te2 = (m.to(dtype) for m in (unet, vae, te1, te2))
+    sched = EulerDiscreteScheduler.from_config({k: v for k, v in configs["scheduler"].items()
+                                                if not k.startswith("_")})
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tok1,
+                                     tokenizer_2=tok2, unet=unet, scheduler=sched)
+    bar = tlog.is_progress_bar_enabled()
+    tlog.disable_progress_bar()
+    try:
+        pipe.save_pretrained(Path(path), safe_serialization=True)
+    finally:
+        if bar:
+            tlog.enable_progress_bar()
+    return Path(path)
+
+
+def make_tiny_sdxl(path: str | Path, seed: int = 0) -> Path:
+    """Save a tiny random SDXL-layout pipeline (64x64 images) to `path`; returns `path`.
+    Tokenizer 1 pads with <|endoftext|> (CLIP ViT-L), tokenizer 2 with "!" (OpenCLIP bigG)."""
+    tok1, tok2 = tiny_clip_tokenizer("1"), tiny_clip_tokenizer("2")
+    configs = tiny_sdxl_configs(vocab_size=len(tok1))
+    for k, tok in (("text_encoder", tok1), ("text_encoder_2", tok2)):
+        configs[k].update(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    return _build_and_save_sdxl(path, configs, tok1, tok2, seed)
+
+
+def make_sdxl_random(path: str | Path, seed: int = 0, dtype: torch.dtype = torch.float16) -> Path:
+    """Save a random-weight pipeline of the exact SDXL base architecture (GPU benchmarks only;
+    ~7 GB in fp16). The tokenizers are the tiny offline ones (ids < 530 are valid)."""
+    return _build_and_save_sdxl(path, sdxl_base_configs(), tiny_clip_tokenizer("1"), tiny_clip_tokenizer("2"),
+                                seed, dtype)
+
+
+def make_tiny_sd_wide_text(path: str | Path, text_width: int = 1024, seed: int = 0) -> Path:
+    """A tiny SD 2.x pipeline whose text encoder (and UNet cross-attention) is `text_width` wide:
+    1024 is SD 2.x's own width, what the reference's <Taylor_Swift> embedding file needs."""
+    tok = tiny_clip_tokenizer("2")
+    configs = tiny_sd_configs("2", vocab_size=len(tok))
+    configs["text_encoder"].update(hidden_size=text_width, bos_token_id=tok.bos_token_id,
+                                   eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    configs["unet"]["cross_attention_dim"] = text_width
+    return _build_and_save(path, configs, tok, seed)
+
+
+def save_ldm_single_file_sdxl(folder: str | Path, out_file: str | Path) -> Path:
+    """Write a diffusers SDXL folder as ONE original-layout (SGM) .safetensors file:
+    model.diffusion_model.* (label_emb for the added conditioning), first_stage_model.*,
+    conditioner.embedders.0.transformer.* (CLIP ViT-L, HF keys), conditioner.embedders.1.model.*
+    (OpenCLIP bigG, with text_projection stored transposed as OpenCLIP does)."""
+    from safetensors.torch import load_file, save_file
+
+    folder, out_file = Path(folder), Path(out_file)
+    ucfg = json.loads((folder / "unet" / "config.json").read_text())
+    vcfg = json.loads((folder / "vae" / "config.json").read_text())
+    unet = load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
+    label = {k: unet.pop(k) for k in list(unet) if k.startswith("add_embedding.")}
+    state = _unet_to_ldm(unet, ucfg["layers_per_block"])
+    for k, v in label.items():  # add_embedding.linear_{1,2}.X -> label_emb.0.{0,2}.X
+        i = {"linear_1": "0", "linear_2": "2"}[k.split(".")[1]]
+        state[f"model.diffusion_model.label_emb.0.{i}." + k.split(".", 2)[2]] = v
+    state.update(_vae_to_ldm(load_file(folder / "vae" / "diffusion_pytorch_model.safetensors"),
+                             len(vcfg["block_out_channels"])))
+    te1 = load_file(folder / "text_encoder" / "model.safetensors")
+    for k, v in te1.items():
+        key = k if k.startswith("text_model.") else "text_model." + k
+        state["conditioner.embedders.0.transformer." + key] = v
+    te2 = load_file(folder / "text_encoder_2" / "model.safetensors")
+    proj = te2.pop("text_projection.weight")                                  # [proj, hidden]
+    for k, v in _openclip_to_ldm(te2).items():
+        state[k.replace("cond_stage_model.model.", "conditioner.embedders.1.model.")] = v
+    state["conditioner.embedders.1.model.text_projection"] = proj.T.contiguous()  # [hidden, proj]
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out_file))
+    return out_file

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import config as C
+from ..errors import one_line
 
 STOP_FILE = ".batch/STOP"
 
@@ -68,7 +69,7 @@ def execute_job(job: dict, root: str, *, attempt: int = 1, cpus: int = 1,
             result.update(status="stopped", error="interrupted")
         except Exception as e:  # noqa: BLE001 (a failed job is a result, not a crash)
             traceback.print_exc()
-            result["error"] = f"{type(e).__name__}: {_first_line(e)}"
+            result["error"] = f"{type(e).__name__}: {one_line(e)}"
         finally:
             _release_memory()
         result["finished_at"] = _now()
@@ -233,8 +234,3 @@ def _placement() -> dict:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..errors import one_line
 from .spec import BatchError, JobSpec
 
 
@@ -55,9 +56,8 @@ class RayBackend:
             ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
                      configure_logging=True, logging_level="ERROR")
         except (ConnectionError, ValueError, RuntimeError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise BatchError(f"cannot start or reach Ray (--ray-address {address or 'local'}): "
-                             f"{first}") from None
+                             f"{one_line(e)}") from None
         res = ray.cluster_resources()
         self.gpus_per_job = gpus_per_job if gpus_per_job is not None else (
             1 if res.get("GPU", 0) > 0 else 0)

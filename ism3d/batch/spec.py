@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import config as C
+from ..errors import one_line
 
 LINE_KEYS = ("prompt", "seed", "preset", "negative_prompt", "overrides")
 
@@ -116,7 +117,7 @@ def load_jobs(path: str | Path, *, preset: str | None = None,
             job = _make_job(fields, lineno, default_preset, config_data, overrides or {},
                             gpus_per_job, priors)
         except (C.ConfigError, ValueError) as e:  # ConfigError, PriorError, PromptError, ...
-            raise BatchError(f"{where}: {_one_line(e)}") from None
+            raise BatchError(f"{where}: {one_line(e)}") from None
         # 1. duplicates: the same prompt and config twice would race for one folder
         ident = _identity(job)
         if ident in seen:
@@ -257,8 +258,3 @@ def _identity(job: JobSpec) -> str:
     blob = json.dumps({"prompt": job.prompt, "preset": job.preset, "config": C.to_dict(job.cfg)},
                       sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()
-
-
-def _one_line(e: Exception) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__

@@ -5,7 +5,8 @@
     out.loss.backward()
 
 Files: ddim.py (pure DDIM steps), schedule.py (t and noise draws), prompts.py (view-dependent
-embeddings), perpneg.py (CFG, plain or Perp-Neg), ism.py, sds.py. Spec: shared/spec/ism.md.
+embeddings), perpneg.py (CFG, plain or Perp-Neg), distill.py (what ISM and SDS share: latents,
+noise, the counted denoiser, the gradient injection), ism.py, sds.py. Spec: shared/spec/ism.md.
 """
 from __future__ import annotations
 

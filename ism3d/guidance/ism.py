@@ -4,7 +4,7 @@ The algorithm as shared/spec/ism.md states it (the paper's Eq. 7, Eq. 11 and Alg
 typos; the spec resolves them). Symbols:
 
     z0        prior.encode(render)                      the only tensor with a gradient
-    t, s, dT  timestep, interval start s = max(t - dT, 0), interval length
+    t, s, dT  timestep, interval start s = max(t - dT, t_first), interval length
     x_s       DDIM inversion of z0 to s, empty prompt, no CFG, stride delta_s
     eps_s     eps(x_s, s, empty)                        the ISM target
     x_t       step(x_s, s -> t, eps_s)                  one more inversion step
@@ -27,7 +27,8 @@ from ..types import GuidanceOut
 from .ddim import ddim_step, gamma, q_sample, x0_hat
 from .perpneg import guided_eps
 from .prompts import ViewPrompts
-from .schedule import GuidanceError, sample_noise, sample_t
+from .distill import CountingEps, encode_latents, inject
+from .schedule import GuidanceError, sample_t
 
 if TYPE_CHECKING:
     from ..config import GuidanceConfig
@@ -74,26 +75,15 @@ class ISMGuidance:
         B = images.shape[0]
         assert azimuth.shape == (B,), (azimuth.shape, B)
         cfg, prior = self.cfg, self.prior
-        calls = {"eps_calls": 0, "eps_rows": 0}
 
-        # 1. timestep t for the whole batch, interval dT, s = max(t - dT, 0)
+        # 1. timestep t for the whole batch, interval dT, s = max(t - dT, t_first)
         t, s, dT = sample_t(warm, cfg, generator)
 
-        # 2. z0 = encode(render): the gradient flows back through this call only
-        with phase("encode_fwd"):
-            z0 = prior.encode(images)                                     # [B, C, h, w]
-        work = torch.promote_types(z0.dtype, torch.float32)               # float32 at least
-        z0w = z0.to(work)
-        ac = prior.alphas_cumprod.to(device=z0.device, dtype=work)        # [T]
-        noise = sample_noise(tuple(z0.shape), cfg.offset_noise, generator, z0.device).to(work)
+        # 2. z0 = encode(render) (the gradient flows back through this call only), the noise
+        lat = encode_latents(prior, images, cfg.offset_noise, generator)
+        z0w, ac, noise = lat.z0, lat.ac, lat.noise                        # [B, C, h, w], [T]
         empty = self.prompts.empty(B)                                     # [B, L, D]
-
-        def eps(x: Tensor, tt: int | Tensor, emb: Tensor) -> Tensor:
-            calls["eps_calls"] += 1
-            calls["eps_rows"] += x.shape[0]
-            if isinstance(tt, int):
-                tt = torch.full((x.shape[0],), tt, dtype=torch.long, device=x.device)
-            return prior.eps(x, tt, emb).to(work)
+        eps = CountingEps(prior, z0w.dtype)
 
         with torch.no_grad():
             # 3. x at start (almost clean): q_sample(z0, noise, start)
@@ -104,7 +94,7 @@ class ISMGuidance:
             with phase("inversion"):
                 for cur, nxt in steps:
                     x = ddim_step(x, eps(x, cur, empty), ac[cur], ac[nxt])
-            inv_calls = calls["eps_calls"]
+            inv_calls = eps.calls
             x_s = x
             # 5. the target eps_s = eps(x_s, s, empty) and x_t = step(x_s, s -> t, eps_s)
             with phase("target"):
@@ -117,14 +107,11 @@ class ISMGuidance:
             grad = cfg.lambda_guidance * gamma(ac[t]) * (eps_cfg - eps_s)  # [B, C, h, w]
 
         # 8. stop-gradient injection: d loss / d z0 = grad (sum) or grad / B (mean)
-        target = (z0w - grad).detach()
-        loss = 0.5 * ((z0w - target) ** 2).sum()
-        if cfg.reduce == "mean":
-            loss = loss / B
+        loss = inject(z0w, grad, cfg.reduce)
 
         logs = {"t": float(t), "s": float(s), "dT": float(dT), "grad_norm": grad.norm(),
-                "inv_calls": float(inv_calls), "eps_calls": float(calls["eps_calls"]),
-                "eps_rows": float(calls["eps_rows"])}
+                "inv_calls": float(inv_calls), "eps_calls": float(eps.calls),
+                "eps_rows": float(eps.rows)}
         out_images = None
         if return_images:
             with torch.no_grad():
@@ -143,7 +130,7 @@ def inversion_steps(s: int, cfg: "GuidanceConfig") -> list[tuple[int, int]]:
         start -> start + delta_s -> ... -> s     (the last step may be shorter; at most
                                                   xs_inv_steps steps, each one prior call)
 
-    When s < t_first (s = 0) it is one small denoising step t_first -> s. When s == start and
+    s >= t_first always (`schedule.sample_t`). When s == start (s == t_first) and
     `skip_identity_inversion`, there is no step (x_s = x_start; the identity call is skipped).
     Benchmarks use it to count calls per step without running them.
     """
@@ -164,8 +151,9 @@ def inversion_steps(s: int, cfg: "GuidanceConfig") -> list[tuple[int, int]]:
 def _check_config(prior: "DiffusionPrior", cfg: "GuidanceConfig") -> None:
     """Settings that cannot work with this prior raise GuidanceError naming the key."""
     T = prior.num_train_timesteps
-    if cfg.t_max_start > T:
-        raise GuidanceError(f"guidance.t_max_start={cfg.t_max_start} exceeds the prior's {T} timesteps")
+    if cfg.t_max_start >= T:
+        raise GuidanceError(f"guidance.t_max_start={cfg.t_max_start} must be below the prior's {T} "
+                            "timesteps (t is an index, both ends included)")
     if not 0 <= cfg.t_first < T:
         raise GuidanceError(f"guidance.t_first={cfg.t_first} must be in [0, {T - 1}]")
     if cfg.perp_neg and not cfg.view_prompts:

@@ -12,33 +12,50 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from ..config import ConfigError
+
 if TYPE_CHECKING:
     from ..config import GuidanceConfig
 
 
-class GuidanceError(ValueError):
-    """The guidance settings cannot work with this prior or input (the message says which key)."""
+class GuidanceError(ConfigError):
+    """The guidance settings cannot work with this prior or input (the message says which key);
+    a ConfigError, so the CLI prints its one line and exits 2."""
 
 
 def warm(step: int, warmup_iters: int) -> float:
-    """warm = 1 - min(step / warmup_iters, 1): 1 at step 0, 0 from `warmup_iters` on."""
+    """warm = 1 - min(iteration / warmup_iters, 1) with the reference's iteration = step + 1.
+
+    `step` is our 0-based step; the reference counts iterations from 1, so its first iteration
+    already has warm = 1 - 1 / warmup_iters, and warm reaches 0 at step `warmup_iters - 1`.
+    """
     assert warmup_iters >= 1, warmup_iters
-    return 1.0 - min(step / warmup_iters, 1.0)
+    assert step >= 0, step
+    return 1.0 - min((step + 1) / warmup_iters, 1.0)
 
 
-def _snap(x: float) -> float:
-    """`x` rounded to the nearest integer when within 1e-9 of it, so ceil/floor of products like
-    (1 - 0.7) * 20 = 6.000000000000001 give the intended 6, not 7."""
-    r = round(x)
-    return float(r) if abs(x - r) < 1e-9 else x
+def delta_t_rounding(cfg: "GuidanceConfig") -> str:
+    """ceil | floor; `auto` is the reference's choice: ceil on its Perp-Neg path, floor (int())
+    on its plain path."""
+    r = cfg.delta_t_rounding
+    if r == "auto":
+        return "ceil" if cfg.perp_neg else "floor"
+    if r not in ("ceil", "floor"):
+        raise GuidanceError(f"guidance.delta_t_rounding must be auto, ceil or floor, got {r!r}")
+    return r
 
 
 def interval_and_range(warm: float, cfg: "GuidanceConfig") -> tuple[int, int, int]:
-    """The ISM interval dT and the timestep range [t_lo, t_hi) at a given `warm` (spec step 1).
+    """The ISM interval dT and the timestep range [t_lo, t_hi] at a given `warm` (spec step 1).
 
-        dT   = delta_t + ceil(warm * (delta_t_start - delta_t))   (floor if cfg.delta_t_rounding)
+        dT   = delta_t + ceil(warm * (delta_t_start - delta_t))   (floor: `delta_t_rounding`)
         t_lo = t_min
-        t_hi = t_max_end + floor(warm * (t_max_start - t_max_end))   (exclusive)
+        t_hi = t_max_end + floor(warm * (t_max_start - t_max_end))   (INCLUSIVE)
+
+    With the defaults (t_min 21, t_max_end 500, t_max_start 980) this is the reference's index
+    draw randint(20, 500 + floor(warm * 480)) shifted by its timestep = index + 1. The rounding
+    applies to the raw float product, as the reference's: at warm = 1 - 1050/1500 the product
+    (0.30000000000000004 * 20) rounds up to 7, not 6.
 
     Args:
         warm: in [0, 1], from `warm(step, warmup_iters)`.
@@ -48,18 +65,18 @@ def interval_and_range(warm: float, cfg: "GuidanceConfig") -> tuple[int, int, in
         `(dT, t_lo, t_hi)` as Python ints, timestep units (index into alphas_cumprod).
     """
     assert 0.0 <= warm <= 1.0, warm
-    if cfg.delta_t_rounding not in ("ceil", "floor"):
-        raise GuidanceError(f"guidance.delta_t_rounding must be ceil or floor, got {cfg.delta_t_rounding!r}")
-    rnd = math.ceil if cfg.delta_t_rounding == "ceil" else math.floor
-    dT = cfg.delta_t + int(rnd(_snap(warm * (cfg.delta_t_start - cfg.delta_t))))
-    t_hi = cfg.t_max_end + int(math.floor(_snap(warm * (cfg.t_max_start - cfg.t_max_end))))
+    rnd = math.ceil if delta_t_rounding(cfg) == "ceil" else math.floor
+    dT = cfg.delta_t + int(rnd(warm * (cfg.delta_t_start - cfg.delta_t)))
+    t_hi = cfg.t_max_end + int(math.floor(warm * (cfg.t_max_start - cfg.t_max_end)))
     return dT, cfg.t_min, t_hi
 
 
 def sample_t(warm: float, cfg: "GuidanceConfig", generator: torch.Generator) -> tuple[int, int, int]:
     """Draw ONE timestep t for the whole batch and its interval start s (spec step 1).
 
-        t ~ UniformInt[t_lo, t_hi);   s = max(t - dT, 0)
+        t ~ UniformInt[t_lo, t_hi] (inclusive);   s = max(t - dT, t_first)
+
+    s is never below t_first (timestep 1 for SD: the reference clips the INDEX at 0).
 
     One `torch.randint` draw from `generator` (on the generator's device).
 
@@ -72,10 +89,10 @@ def sample_t(warm: float, cfg: "GuidanceConfig", generator: torch.Generator) -> 
         `(t, s, dT)` as Python ints.
     """
     dT, t_lo, t_hi = interval_and_range(warm, cfg)
-    if t_hi <= t_lo:
-        raise GuidanceError(f"empty timestep range [{t_lo}, {t_hi}): need guidance.t_min < guidance.t_max_end")
-    t = int(torch.randint(t_lo, t_hi, (1,), generator=generator, device=generator.device).item())
-    return t, max(t - dT, 0), dT
+    if t_hi < t_lo:
+        raise GuidanceError(f"empty timestep range [{t_lo}, {t_hi}]: need guidance.t_min <= guidance.t_max_end")
+    t = int(torch.randint(t_lo, t_hi + 1, (1,), generator=generator, device=generator.device).item())
+    return t, max(t - dT, cfg.t_first), dT
 
 
 def sample_noise(shape: tuple[int, int, int, int], offset: float, generator: torch.Generator,

@@ -6,8 +6,9 @@ Spec (shared/spec/ism.md, step 6), with the same timestep sampler as ISM:
     eps_cfg = CFG at (x_t, t), negative prompt as the unconditional branch (Perp-Neg optional)
     grad    = lambda * w(t) * (eps_cfg - noise)
 
-w(t) by cfg.sds_weighting: "constant" 1 (the reference), "sds" 1 - abar_t (DreamFusion),
-"gamma" sqrt((1 - abar_t) / abar_t) (the ISM weight). Cost: the CFG call only (2B or 4B rows).
+w(t) by cfg.sds_weighting: "gamma" sqrt((1 - abar_t) / abar_t) (the reference LucidDreamer's SDS
+path, the default), "dreamfusion" 1 - abar_t (DreamFusion's w(t)), "constant" 1. Cost: the CFG
+call only (2B or 4B rows).
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from ..types import GuidanceOut
 from .ddim import gamma, q_sample, x0_hat
 from .perpneg import guided_eps
 from .prompts import ViewPrompts
-from .schedule import GuidanceError, sample_noise, sample_t
+from .distill import CountingEps, encode_latents, inject
+from .schedule import GuidanceError, sample_t
 
 if TYPE_CHECKING:
     from ..config import GuidanceConfig
@@ -29,14 +31,14 @@ if TYPE_CHECKING:
 
 
 def sds_weight(abar_t: Tensor, weighting: str) -> Tensor:
-    """w(t) for SDS: constant 1 | sds 1 - abar_t | gamma sqrt((1 - abar_t) / abar_t)."""
-    if weighting == "constant":
-        return torch.ones_like(abar_t)
-    if weighting == "sds":
-        return 1 - abar_t
+    """w(t) for SDS: gamma sqrt((1 - abar_t) / abar_t) | dreamfusion 1 - abar_t | constant 1."""
     if weighting == "gamma":
         return gamma(abar_t)
-    raise GuidanceError(f"guidance.sds_weighting must be constant, sds or gamma, got {weighting!r}")
+    if weighting == "dreamfusion":
+        return 1 - abar_t
+    if weighting == "constant":
+        return torch.ones_like(abar_t)
+    raise GuidanceError(f"guidance.sds_weighting must be gamma, dreamfusion or constant, got {weighting!r}")
 
 
 class SDSGuidance:
@@ -50,8 +52,9 @@ class SDSGuidance:
 
     def __init__(self, prior: "DiffusionPrior", cfg: "GuidanceConfig", prompt: str):
         T = prior.num_train_timesteps
-        if cfg.t_max_start > T:
-            raise GuidanceError(f"guidance.t_max_start={cfg.t_max_start} exceeds the prior's {T} timesteps")
+        if cfg.t_max_start >= T:
+            raise GuidanceError(f"guidance.t_max_start={cfg.t_max_start} must be below the prior's {T} "
+                                "timesteps (t is an index, both ends included)")
         if cfg.perp_neg and not cfg.view_prompts:
             raise GuidanceError("guidance.perp_neg needs guidance.view_prompts=true")
         if cfg.reduce not in ("mean", "sum"):
@@ -79,22 +82,13 @@ class SDSGuidance:
         B = images.shape[0]
         assert azimuth.shape == (B,), (azimuth.shape, B)
         cfg, prior = self.cfg, self.prior
-        calls = {"eps_calls": 0, "eps_rows": 0}
 
         # 1. timestep t (the ISM sampler; s and dT are unused)
         t, _, _ = sample_t(warm, cfg, generator)
-        # 2. z0 = encode(render)
-        with phase("encode_fwd"):
-            z0 = prior.encode(images)                                     # [B, C, h, w]
-        work = torch.promote_types(z0.dtype, torch.float32)
-        z0w = z0.to(work)
-        ac = prior.alphas_cumprod.to(device=z0.device, dtype=work)        # [T]
-        noise = sample_noise(tuple(z0.shape), cfg.offset_noise, generator, z0.device).to(work)
-
-        def eps(x: Tensor, tt: Tensor, emb: Tensor) -> Tensor:
-            calls["eps_calls"] += 1
-            calls["eps_rows"] += x.shape[0]
-            return prior.eps(x, tt, emb).to(work)
+        # 2. z0 = encode(render), the noise
+        lat = encode_latents(prior, images, cfg.offset_noise, generator)
+        z0w, ac, noise = lat.z0, lat.ac, lat.noise                        # [B, C, h, w], [T]
+        eps = CountingEps(prior, z0w.dtype)
 
         with torch.no_grad():
             # 3. x_t = q_sample(z0, noise, t)
@@ -106,13 +100,10 @@ class SDSGuidance:
             grad = cfg.lambda_guidance * sds_weight(ac[t], cfg.sds_weighting) * (eps_cfg - noise)
 
         # 6. stop-gradient injection: d loss / d z0 = grad (sum) or grad / B (mean)
-        target = (z0w - grad).detach()
-        loss = 0.5 * ((z0w - target) ** 2).sum()
-        if cfg.reduce == "mean":
-            loss = loss / B
+        loss = inject(z0w, grad, cfg.reduce)
 
         logs = {"t": float(t), "grad_norm": grad.norm(),
-                "eps_calls": float(calls["eps_calls"]), "eps_rows": float(calls["eps_rows"])}
+                "eps_calls": float(eps.calls), "eps_rows": float(eps.rows)}
         out_images = None
         if return_images:
             with torch.no_grad():

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..config import InitConfig
+from ..errors import one_line
 from .cloud import GeneratedCloud, InitError, num_base_points, to_scene_frame
 
 __all__ = [
@@ -105,9 +106,8 @@ def generate(cfg: InitConfig, prompt: str, seed: int, device: torch.device | str
         try:
             state = download.load_checkpoint(name, device, cache_dir=str(cache_dir()))
         except Exception as e:  # noqa: BLE001 (network errors while downloading)
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise InitError(f"cannot get the Point-E weights '{name}' ({first}); they download "
-                            f"on first use into {cache_dir()}") from None
+            raise InitError(f"cannot get the Point-E weights '{name}' ({one_line(e)}); they "
+                            f"download on first use into {cache_dir()}") from None
         model.load_state_dict(state)
         models.append(model)
         diffusions.append(dconf.diffusion_from_config(dconf.DIFFUSION_CONFIGS[name]))

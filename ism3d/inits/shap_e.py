@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from ..config import InitConfig
+from ..errors import one_line
 from .cloud import (
     GeneratedCloud,
     InitError,
@@ -160,15 +161,14 @@ def _download(repo_id: str) -> Path:
     try:
         folder = Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as e:  # noqa: BLE001 (network errors, unknown ids)
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise InitError(f"cannot download init.model '{repo_id}' from the hub: {first}") from None
+        raise InitError(f"cannot download init.model '{repo_id}' from the hub: "
+                        f"{one_line(e)}") from None
     if missing_parts(folder):  # a repo without safetensors: take its .bin weights too
         try:
             folder = Path(snapshot_download(
                 repo_id, allow_patterns=patterns + ["prior/*.bin", "text_encoder/*.bin"]))
         except Exception as e:  # noqa: BLE001
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise InitError(f"cannot download init.model '{repo_id}': {first}") from None
+            raise InitError(f"cannot download init.model '{repo_id}': {one_line(e)}") from None
     missing = missing_parts(folder)
     if missing:
         raise InitError(f"init.model '{repo_id}' is not a Shap-E pipeline (no {', '.join(missing)})")
@@ -212,8 +212,7 @@ def load_pipeline(folder: str | Path, device: torch.device | str,
                 folder, subfolder="shap_e_renderer", torch_dtype=dtype, local_files_only=True,
                 variant=_weights_variant(folder / "shap_e_renderer", "shap_e_renderer"))
     except (OSError, ValueError, RuntimeError, KeyError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise InitError(f"cannot load Shap-E from {folder}: {first}") from None
+        raise InitError(f"cannot load Shap-E from {folder}: {one_line(e)}") from None
     if not bool(renderer.mesh_decoder.masks.any()):
         raise InitError(f"{folder}: shap_e_renderer holds no marching-cubes tables "
                         "(mesh_decoder.cases/masks are zero): use the openai/shap-e weights")

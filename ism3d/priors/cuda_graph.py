@@ -2,7 +2,7 @@
 
 A denoiser forward at batch 4 is ~1,500 kernel launches. In eager mode on an H100 the GPU waits
 for Python: an SD-2.1-base UNet call takes ~49 ms eager and ~16 ms replayed as a graph at batch 4
-(BENCHMARKS.md, "UNet and VAE micro-benchmark"). A graph replays the kernels recorded once, on
+(docs/experiments/gpu-speed.md, "Micro-benchmarks"). A graph replays the kernels recorded once, on
 static input/output buffers, so:
 
     1. per input signature (shapes, dtypes) a graph is captured once: three warm-up calls on a

@@ -207,7 +207,8 @@ class PixelPrior(GraphedUNet):
             m.eval().requires_grad_(False)
         if self.device.type == "cpu":
             # oneDNN runs channels_last convolutions without layout reorders: the UNet call is
-            # 5-20 % faster on the 2-core CPU (BENCHMARKS.md); outputs agree to float32 rounding
+            # 5-20 % faster on the 2-core CPU (docs/experiments/cpu-main-job.md); outputs agree
+            # to float32 rounding
             self.unet.to(memory_format=torch.channels_last)
         # 2. schedule
         abar = alphas_cumprod_from_config(c.schedule)

@@ -1,20 +1,15 @@
 """StableDiffusionPrior: a frozen Stable Diffusion (1.x / 2.x) as a DiffusionPrior, via diffusers.
 
-Where the weights come from (`resolve_prior` decides, cheaply, before anything heavy is loaded):
-- a hub id (default `stabilityai/stable-diffusion-2-1-base`): the HF cache is checked first
-  (`huggingface_hub.try_to_load_from_cache`, no network); if the model is not there, a ~3 s socket
-  probe of the hub host (HF_ENDPOINT, or the https proxy) decides whether it can be downloaded.
-  HF_HUB_OFFLINE=1 or `prior.offline=true` skip the probe. Unreachable -> one-line PriorError.
-  A cached or freshly downloaded hub model is then loaded from its snapshot FOLDER, by the very
-  same code as a local folder.
-- a local diffusers folder (what `StableDiffusionPipeline.save_pretrained` writes; only
-  unet/, vae/, text_encoder/, tokenizer/ and scheduler/ are read).
-- a single original-layout `.safetensors` / `.ckpt` file, through diffusers
-  `StableDiffusionPipeline.from_single_file`. That needs the diffusers configs of a model of the
-  same architecture: `prior.single_file_config` (a diffusers folder or hub id); if empty, the
-  repo diffusers infers (SD 1.5, or SD 2.1-768 for any SD 2.x file) must be in the HF cache or
-  reachable. For a 512px SD 2.0/2.1-base file set `single_file_config` to
-  `stabilityai/stable-diffusion-2-1-base` (diffusers would otherwise assume v-prediction at 768).
+Where the weights come from is decided by `locate.resolve_prior` (cheap: nothing is loaded):
+a hub id (HF cache first, then the hub if reachable), a local diffusers folder (what
+`StableDiffusionPipeline.save_pretrained` writes; only unet/, vae/, text_encoder/, tokenizer/ and
+scheduler/ are read), or a single original-layout `.safetensors` / `.ckpt` file, through diffusers
+`StableDiffusionPipeline.from_single_file`. That needs the diffusers configs of a model of the
+same architecture: `prior.single_file_config` (a diffusers folder or hub id); if empty, the
+repo diffusers infers (SD 1.5, or SD 2.1-768 for any SD 2.x file) must be in the HF cache or
+reachable. For a 512px SD 2.0/2.1-base file set `single_file_config` to
+`stabilityai/stable-diffusion-2-1-base` (diffusers would otherwise assume v-prediction at 768).
+This module re-exports locate's public names (`resolve_prior`, `quiet_hf`, `hub_offline`, ...).
 
 Numerics:
 - abar_t comes from the model's own scheduler config (`base.alphas_cumprod_from_config`); no
@@ -34,15 +29,10 @@ DDIM sample (our own loop, classifier-free guidance): a standalone smoke test of
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import re
-import socket
-import threading
+import socket  # noqa: F401  (tests patch its create_connection through this module)
 import warnings
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
@@ -50,208 +40,12 @@ from torch import Tensor
 
 from .base import PriorError, PromptError, alphas_cumprod_from_config, check_eps_inputs, check_images
 from .cuda_graph import GraphedUNet
+from .locate import (  # noqa: F401  (re-exported: the public names callers import from here)
+    COMPONENTS, DEFAULT_PRIOR, SINGLE_FILE_SUFFIXES, TOY_PRIOR_DIR, cached_snapshot, config_source, download,
+    hf_cache_folder, hub_offline, hub_reachable, inferred_config_repo, missing_parts, quiet_hf, resolve_dtype,
+    resolve_prior, weights_variant)
+from .textual_inversion import expand_prompt
 from .vae_attention import use_matmul_attention
-
-DEFAULT_PRIOR = "stabilityai/stable-diffusion-2-1-base"
-SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
-COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-_WEIGHT_NAMES = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-PROBE_TIMEOUT_S = 3.0
-
-
-# ---------------------------------------------------------------------------------------------
-# Resolution: name -> "tiny" | local path | hub id to download. Cheap: no model is loaded.
-# ---------------------------------------------------------------------------------------------
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def hub_offline() -> bool:
-    """HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE, read now (not at import time)."""
-    return _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
-
-
-def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
-    """True if a TCP connection to the hub host (or to the https proxy) opens within `timeout`.
-
-    The probe runs in a daemon thread so that a slow DNS lookup cannot hold us past the timeout.
-    HF_HUB_OFFLINE=1 answers False without probing.
-    """
-    if hub_offline():
-        return False
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    u = urlparse(endpoint if "://" in endpoint else "https://" + endpoint)
-    proxy = (os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")) if u.scheme == "https" else \
-        (os.environ.get("HTTP_PROXY") or os.environ.get("http_proxy"))
-    if proxy:
-        u = urlparse(proxy if "://" in proxy else "http://" + proxy)
-    host, port = u.hostname, u.port or (443 if u.scheme == "https" else 80)
-    if not host:
-        return False
-    ok = []
-
-    def probe():
-        with contextlib.suppress(OSError):  # unreachable: `ok` stays empty
-            socket.create_connection((host, port), timeout=timeout).close()
-            ok.append(True)
-
-    th = threading.Thread(target=probe, daemon=True)
-    th.start()
-    th.join(timeout + 0.5)
-    return bool(ok)
-
-
-def _offline_error(repo_id: str) -> PriorError:
-    return PriorError(
-        f"model '{repo_id}' is not available offline: download it where there is internet "
-        f"(huggingface-cli download {repo_id}) and copy the HF cache here, or pass a local "
-        f"folder/file with --prior PATH")
-
-
-def hf_cache_folder(repo_id: str) -> Path | None:
-    """The HF-cache snapshot folder (main revision) holding `repo_id`'s model_index.json, or None.
-    Never touches the network; the caller checks the folder is complete."""
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        hit = try_to_load_from_cache(repo_id, "model_index.json")
-    except ValueError:  # malformed id
-        return None
-    return Path(hit).parent if isinstance(hit, str) else None
-
-
-def cached_snapshot(repo_id: str, need_weights: bool = True) -> Path | None:
-    """The HF-cache snapshot folder of `repo_id` (main revision) if it holds a diffusers SD model
-    (configs, and weights for unet, vae and text_encoder unless `need_weights` is False); None
-    otherwise. Never touches the network."""
-    folder = hf_cache_folder(repo_id)
-    if folder is None:
-        return None
-    if need_weights:
-        return folder if _missing_parts(folder) == [] else None
-    return folder if all((folder / c).is_dir() for c in COMPONENTS) else None
-
-
-def _missing_parts(folder: Path) -> list[str]:
-    """Components of a diffusers SD folder that are absent (config or weights)."""
-    missing = []
-    for comp in COMPONENTS:
-        d = folder / comp
-        if comp in _WEIGHT_NAMES:
-            if not (d / "config.json").is_file() or _weights_variant(d, comp) is False:
-                missing.append(comp)
-        elif not d.is_dir():
-            missing.append(comp)
-    return missing
-
-
-def _weights_variant(d: Path, comp: str) -> str | None | bool:
-    """None: plain weights present; "fp16": only fp16-variant weights; False: no weights."""
-    stem = _WEIGHT_NAMES[comp]
-    if (d / f"{stem}.safetensors").is_file() or (d / f"{stem}.bin").is_file() \
-            or (d / f"{stem}.safetensors.index.json").is_file():
-        return None
-    if (d / f"{stem}.fp16.safetensors").is_file() or (d / f"{stem}.fp16.bin").is_file():
-        return "fp16"
-    return False
-
-
-def _looks_like_path(name: str) -> bool:
-    """A weights-file suffix, a leading / . ~, a backslash, or anything that is not `org/name`."""
-    if name.lower().endswith(SINGLE_FILE_SUFFIXES) or "\\" in name:
-        return True
-    return name.startswith(("/", ".", "~")) or not _HUB_ID.match(name)
-
-
-TOY_PRIOR_DIR = Path(__file__).resolve().parents[1] / "assets" / "toyworld"
-
-
-def resolve_prior(name: str, offline: bool = False) -> str:
-    """Decide where a prior comes from, without loading it.
-
-    Args:
-        name: "tiny", "toy" (the shipped ToyWorld prior), a hub id, a local diffusers/pixel-prior
-            folder or a single weights file.
-        offline: never use the network (as HF_HUB_OFFLINE=1).
-
-    Returns:
-        "tiny"; or the absolute path of an existing local folder/file (for a hub id: its HF-cache
-        snapshot folder); or the hub id itself when it is not cached but the hub is reachable
-        (`load_prior` downloads it).
-
-    Raises:
-        PriorError: "no such file or folder: PATH" for a path-like name that does not exist;
-        the one-line offline message for a hub id that is neither cached nor reachable.
-    """
-    name = name.strip()
-    if not name:
-        raise PriorError("prior.name is empty: use tiny, a hub id, a folder or a .safetensors/.ckpt file")
-    if name == "tiny":
-        return "tiny"
-    if name == "toy":  # the ToyWorld prior shipped inside the package (ism3d/toyworld)
-        return str(TOY_PRIOR_DIR)
-    path = Path(os.path.expanduser(name))
-    if path.exists():
-        return str(path.resolve())
-    if _looks_like_path(name):
-        raise PriorError(f"no such file or folder: {name}")
-    snap = cached_snapshot(name)
-    if snap is not None:
-        return str(snap)
-    if offline or hub_offline() or not hub_reachable():
-        raise _offline_error(name)
-    return name
-
-
-def download(repo_id: str) -> Path:
-    """Download the parts of a diffusers SD repo we read (fp32 safetensors + configs)."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        folder = snapshot_download(
-            repo_id,
-            allow_patterns=["model_index.json", *[f"{c}/*" for c in COMPONENTS]],
-            ignore_patterns=["*.bin", "*.ckpt", "*.msgpack", "*.onnx", "*.pb", "*.h5", "*fp16*", "*non_ema*"],
-        )
-    except Exception as e:  # network errors, gated repos, unknown ids
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise PriorError(f"cannot download '{repo_id}' from the hub: {first}") from None
-    return Path(folder)
-
-
-# ---------------------------------------------------------------------------------------------
-# The prior
-# ---------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def quiet_hf():
-    """Silence diffusers/transformers info logs and progress bars while loading (errors still
-    show); restores their previous settings."""
-    from diffusers.utils import logging as dlog
-    from transformers.utils import logging as tlog
-
-    saved = [(lib, lib.get_verbosity(), lib.is_progress_bar_enabled()) for lib in (dlog, tlog)]
-    for lib, _, _ in saved:
-        lib.set_verbosity_error()
-        lib.disable_progress_bar()
-    try:
-        yield
-    finally:
-        for lib, verbosity, bar in saved:
-            lib.set_verbosity(verbosity)
-            (lib.enable_progress_bar if bar else lib.disable_progress_bar)()
-
-
-def resolve_dtype(name: str, device: torch.device, auto: torch.dtype | None = None) -> torch.dtype:
-    """auto -> `auto` if given, else fp16 on CUDA and fp32 elsewhere; fp16 | bf16 | fp32 as named."""
-    table = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-    if name == "auto":
-        if auto is not None:
-            return auto
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if name not in table:
-        raise PriorError(f"prior.dtype: {name!r} is not one of auto, fp16, bf16, fp32")
-    return table[name]
 
 
 class StableDiffusionPrior(GraphedUNet):
@@ -280,29 +74,23 @@ class StableDiffusionPrior(GraphedUNet):
             raise PriorError(f"prior.latent: {latent!r} is not one of mean, sample")
         self.latent = latent
         self.generator: torch.Generator | None = None  # set by a caller who wants seeded latent samples
-        # 1. architecture checks: plain text-to-image SD only
-        uc, vc = unet.config, vae.config
-        if getattr(uc, "addition_embed_type", None) is not None:
-            raise PriorError(f"{name}: SDXL-style UNets (addition_embed_type={uc.addition_embed_type!r}) "
-                             "are not supported; use an SD 1.x/2.x model")
-        if uc.in_channels != vc.latent_channels:
-            raise PriorError(f"{name}: the UNet takes {uc.in_channels} channels but the VAE makes "
-                             f"{vc.latent_channels} (an inpainting/depth model?); use a text-to-image model")
-        if uc.cross_attention_dim != text_encoder.config.hidden_size:
-            raise PriorError(f"{name}: UNet cross_attention_dim {uc.cross_attention_dim} != text encoder "
-                             f"hidden size {text_encoder.config.hidden_size}")
+        # 1. architecture checks
+        self.check_architecture(unet, vae, text_encoder)
         self.prediction_type = scheduler_config.get("prediction_type", "epsilon")
         if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
             raise PriorError(f"{name}: unsupported prediction_type {self.prediction_type!r}")
         # 2. frozen networks on device
         self.vae, self.unet, self.text_encoder, self.tokenizer = vae, unet, text_encoder, tokenizer
-        for m in (vae, unet, text_encoder):
+        self.vae_dtype = self.vae_dtype_for(vae, dtype)
+        for m in self.networks():
+            dt = self.vae_dtype if m is vae else dtype
             m.to(self.device)
-            if next(m.parameters()).dtype != dtype:
-                m.to(dtype)
+            if next(m.parameters()).dtype != dt:
+                m.to(dt)
             m.eval().requires_grad_(False)
         use_matmul_attention(vae.encoder)  # the encoder's backward: cuBLAS instead of SDPA's slow one
         # 3. sizes: latent_shape and image_size at the model's own resolution
+        vc = vae.config
         self.vae_scale = 2 ** (len(vc.block_out_channels) - 1)
         self.set_resolution(0)
         self.scaling_factor = float(vc.scaling_factor)
@@ -317,6 +105,63 @@ class StableDiffusionPrior(GraphedUNet):
         self._warned: set[str] = set()
         self._moments = self._vae_moments   # compile_encoder() may replace it
         self._encoder_compiled = False
+        # what load_prior customised (textual inversion, LoRA, offload): summary.json records it
+        self.custom: dict = {}
+
+    def check_architecture(self, unet, vae, text_encoder) -> None:
+        """Raise PriorError unless this is a plain text-to-image SD 1.x/2.x model."""
+        name = self.name
+        uc, vc = unet.config, vae.config
+        if getattr(uc, "addition_embed_type", None) is not None:
+            raise PriorError(f"{name}: an SDXL-style UNet (addition_embed_type={uc.addition_embed_type!r}) "
+                             "needs the SDXL loader: pass the whole SDXL folder (with text_encoder_2/)")
+        if uc.in_channels != vc.latent_channels:
+            raise PriorError(f"{name}: the UNet takes {uc.in_channels} channels but the VAE makes "
+                             f"{vc.latent_channels} (an inpainting/depth model?); use a text-to-image model")
+        if uc.cross_attention_dim != text_encoder.config.hidden_size:
+            raise PriorError(f"{name}: UNet cross_attention_dim {uc.cross_attention_dim} != text encoder "
+                             f"hidden size {text_encoder.config.hidden_size}")
+
+    @staticmethod
+    def vae_dtype_for(vae, dtype: torch.dtype) -> torch.dtype:
+        """The dtype the VAE runs in: the prior dtype (SDXL overrides this for its fp16-unsafe VAE)."""
+        return dtype
+
+    def networks(self) -> list:
+        """The frozen networks (moved to the device, cast, and frozen in __init__)."""
+        return [self.vae, self.unet, self.text_encoder]
+
+    def text_stacks(self) -> list[tuple]:
+        """(tokenizer, text encoder) pairs, in the order their outputs are concatenated."""
+        return [(self.tokenizer, self.text_encoder)]
+
+    def replace_vae(self, src: str, offline: bool = False) -> None:
+        """Use the VAE of `src` (a diffusers VAE folder or hub id, e.g. the fp16-safe SDXL VAE
+        madebyollin/sdxl-vae-fp16-fix) instead of the model's own. Raises PriorError (one line)."""
+        from diffusers import AutoencoderKL
+
+        p = Path(src).expanduser()
+        sub = "vae" if (p / "vae" / "config.json").is_file() else None
+        local = p.is_dir() or offline or hub_offline() or not hub_reachable()
+        try:
+            with quiet_hf(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # huggingface_hub deprecation chatter
+                vae = AutoencoderKL.from_pretrained(str(p) if p.is_dir() else src, subfolder=sub,
+                                                    local_files_only=local)
+        except Exception as e:  # missing folder, hub miss: one line
+            if not p.exists() and local:
+                from .locate import hub_file_offline_error
+                raise hub_file_offline_error("prior.vae", src) from None
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise PriorError(f"prior.vae {src}: cannot load it: {first}") from None
+        if vae.config.latent_channels != self.vae.config.latent_channels:
+            raise PriorError(f"prior.vae {src}: makes {vae.config.latent_channels} latent channels, the "
+                             f"UNet takes {self.vae.config.latent_channels}")
+        self.vae_dtype = self.vae_dtype_for(vae, self.dtype)
+        self.vae = vae.to(self.device, self.vae_dtype).eval().requires_grad_(False)
+        use_matmul_attention(vae.encoder)
+        self.scaling_factor = float(vae.config.scaling_factor)
+        self.shift_factor = float(getattr(vae.config, "shift_factor", None) or 0.0)
 
     def set_resolution(self, resolution: int) -> None:
         """Resize renders to `resolution` pixels before the encoder (0 = the model's own size);
@@ -343,7 +188,7 @@ class StableDiffusionPrior(GraphedUNet):
         device = torch.device(device)
         dt = resolve_dtype(dtype, device)
         name = name or str(folder)
-        missing = _missing_parts(folder)
+        missing = missing_parts(folder)
         if missing:
             raise PriorError(f"{folder} is not a complete Stable Diffusion folder: missing "
                              f"{', '.join(missing)} (config or weights)")
@@ -351,13 +196,13 @@ class StableDiffusionPrior(GraphedUNet):
             with quiet_hf():
                 sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
                 vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dt, local_files_only=True,
-                                                    variant=_weights_variant(folder / "vae", "vae"))
+                                                    variant=weights_variant(folder / "vae", "vae"))
                 unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dt,
                                                             local_files_only=True,
-                                                            variant=_weights_variant(folder / "unet", "unet"))
+                                                            variant=weights_variant(folder / "unet", "unet"))
                 text_encoder = CLIPTextModel.from_pretrained(
                     folder, subfolder="text_encoder", dtype=dt, local_files_only=True,
-                    variant=_weights_variant(folder / "text_encoder", "text_encoder"))
+                    variant=weights_variant(folder / "text_encoder", "text_encoder"))
                 tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True)
         except (OSError, ValueError, RuntimeError, KeyError, json.JSONDecodeError) as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
@@ -374,21 +219,30 @@ class StableDiffusionPrior(GraphedUNet):
             config: a diffusers folder or hub id holding the configs of the same architecture;
                 empty = the repo diffusers infers from the checkpoint's keys (must be cached or reachable).
         """
-        from diffusers import StableDiffusionPipeline
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
         path = Path(path)
         device = torch.device(device)
         dt = resolve_dtype(dtype, device)
-        cfg_src = config.strip() or _inferred_config_repo(path)
-        loc = _config_source(cfg_src, path, offline)
+        cfg_src = config.strip() or inferred_config_repo(path)
+        loc = config_source(cfg_src, path, offline)
+        # SDXL: a config folder with a second text encoder, or a hub id naming an XL model
+        repo_name = "" if Path(loc).is_dir() else cfg_src.lower().rsplit("/", 1)[-1]
+        if "refiner" in repo_name or (Path(loc).is_dir() and not (Path(loc) / "text_encoder").is_dir()
+                                      and (Path(loc) / "text_encoder_2").is_dir()):
+            raise PriorError(f"{path.name}: an SDXL refiner is not a text-to-image model; use an SDXL base model")
+        xl = (Path(loc) / "text_encoder_2").is_dir() or "xl" in repo_name
+        extra = {} if xl else dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
         try:
             with quiet_hf():
-                pipe = StableDiffusionPipeline.from_single_file(
-                    str(path), config=loc, local_files_only=Path(loc).is_dir(), torch_dtype=dt,
-                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+                pipe = (StableDiffusionXLPipeline if xl else StableDiffusionPipeline).from_single_file(
+                    str(path), config=loc, local_files_only=Path(loc).is_dir(), torch_dtype=dt, **extra)
         except Exception as e:  # diffusers raises many types here; one line is what the user needs
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise PriorError(f"cannot load the single file {path} (configs from {cfg_src}): {first}") from None
+        if xl:
+            from .sdxl import StableDiffusionXLPrior
+            return StableDiffusionXLPrior.from_pipeline(pipe, device, dt, latent, name or str(path))
         return cls(pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer, dict(pipe.scheduler.config),
                    device, dt, latent, name or str(path))
 
@@ -407,13 +261,9 @@ class StableDiffusionPrior(GraphedUNet):
         assert isinstance(prompts, (list, tuple)) and len(prompts) > 0, "prompts must be a non-empty list"
         todo = [p for p in dict.fromkeys(prompts) if p not in self._cache]
         if todo:
-            for p in todo:
-                n = len(self.tokenizer(p, truncation=False, verbose=False).input_ids)
-                if n > self.max_length and p not in self._warned:
-                    self._warned.add(p)
-                    warnings.warn(f"prompt truncated to the text encoder's {self.max_length} tokens "
-                                  f"({n} given): {p!r}", stacklevel=2)
-            ids = self.tokenizer(todo, padding="max_length", max_length=self.max_length, truncation=True,
+            texts = [expand_prompt(p, self.tokenizer) for p in todo]  # multi-vector TI tokens
+            self._warn_truncated(todo, texts)
+            ids = self.tokenizer(texts, padding="max_length", max_length=self.max_length, truncation=True,
                                  return_tensors="pt").input_ids.to(self.device)  # [N, L]
             with torch.no_grad():
                 out = self.text_encoder(ids).last_hidden_state.to(self.dtype)  # [N, L, D]
@@ -421,12 +271,21 @@ class StableDiffusionPrior(GraphedUNet):
                 self._cache[p] = e
         return torch.stack([self._cache[p] for p in prompts])  # [B, L, D]
 
+    def _warn_truncated(self, prompts: list[str], texts: list[str]) -> None:
+        """One warning per prompt longer than the text encoder's L tokens."""
+        for p, text in zip(prompts, texts):
+            n = len(self.tokenizer(text, truncation=False, verbose=False).input_ids)
+            if n > self.max_length and p not in self._warned:
+                self._warned.add(p)
+                warnings.warn(f"prompt truncated to the text encoder's {self.max_length} tokens "
+                              f"({n} given): {p!r}", stacklevel=3)
+
     # ------------------------------------------------------------------ images <-> latents
     def encode(self, images: Tensor) -> Tensor:
         """images [B, 3, H, W] in [0, 1] -> z0 [B, 4, h, w] float32 (scaled VAE latents), differentiable.
 
         1. resize to image_size if needed (bilinear, align_corners=False, no antialias)
-        2. x = 2 * images - 1, cast to the prior dtype, in contiguous (NCHW) memory
+        2. x = 2 * images - 1, cast to the VAE dtype, in contiguous (NCHW) memory
         3. VAE encoder with autocast off; mean of the posterior (or a sample, prior.latent)
         4. z0 = (latent - shift_factor) * scaling_factor, float32
         """
@@ -438,7 +297,7 @@ class StableDiffusionPrior(GraphedUNet):
         # contiguous: renders arrive as [B, H, W, 3] memory seen as [B, 3, H, W] (channels_last
         # strides), which every elementwise op keeps; the VAE's convolutions would then answer in
         # channels_last and each GroupNorm copy back: +12 ms per paper step on an H100
-        x = (x * 2.0 - 1.0).to(self.dtype).contiguous()  # [B, 3, S, S]
+        x = (x * 2.0 - 1.0).to(self.vae_dtype).contiguous()  # [B, 3, S, S]
         with torch.autocast(device_type=self.device.type, enabled=False):
             mean, std = self._moments(x)
             if self.latent == "mean":
@@ -475,7 +334,7 @@ class StableDiffusionPrior(GraphedUNet):
     def decode(self, z: Tensor) -> Tensor:
         """z [B, 4, h, w] -> images [B, 3, 8h, 8w] float32 in [0, 1]."""
         assert z.ndim == 4 and z.shape[1] == self.latent_shape[0], f"z must be [B, 4, h, w], got {tuple(z.shape)}"
-        lat = (z.float() / self.scaling_factor + self.shift_factor).to(self.device, self.dtype)
+        lat = (z.float() / self.scaling_factor + self.shift_factor).to(self.device, self.vae_dtype)
         with torch.autocast(device_type=self.device.type, enabled=False):
             x = self.vae.decode(lat).sample
         return ((x.float() + 1.0) / 2.0).clamp(0.0, 1.0)
@@ -513,53 +372,12 @@ def prediction_to_eps(out: Tensor, x_t: Tensor, abar_t: Tensor, prediction_type:
     raise PriorError(f"unsupported prediction_type {prediction_type!r}")
 
 
-def _inferred_config_repo(path: Path) -> str:
-    """The diffusers repo whose configs `from_single_file` would use for this checkpoint,
-    inferred from the checkpoint's key names and shapes without reading its tensors."""
-    from diffusers.loaders.single_file_utils import fetch_diffusers_config
-
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors import safe_open
-            with safe_open(str(path), framework="pt") as f:
-                meta = {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
-        else:
-            sd = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
-            sd = sd.get("state_dict", sd)
-            meta = {k: v for k, v in sd.items() if isinstance(v, Tensor)}
-    except Exception as e:
-        raise PriorError(f"cannot read {path} as a checkpoint: {(str(e).splitlines() or ['?'])[0]}") from None
-    repo = fetch_diffusers_config(meta)["pretrained_model_name_or_path"]
-    if repo == "stabilityai/stable-diffusion-2-1":
-        warnings.warn(f"{path.name}: diffusers assumes an SD 2.x single file is the 768px v-prediction "
-                      "SD 2.1; for a 512px eps model (SD 2.0/2.1-base) set "
-                      "prior.single_file_config=stabilityai/stable-diffusion-2-1-base", stacklevel=3)
-    return repo
-
-
-def _config_source(src: str, weights: Path, offline: bool) -> str:
-    """Where `from_single_file` reads its configs: a local folder, or a reachable hub id."""
-    p = Path(os.path.expanduser(src))
-    if p.is_dir():
-        return str(p.resolve())
-    if _looks_like_path(src):
-        raise PriorError(f"no such file or folder: {src}")
-    snap = cached_snapshot(src, need_weights=False)
-    if snap is not None:
-        return str(snap)
-    if offline or hub_offline() or not hub_reachable():
-        raise PriorError(
-            f"{weights.name} needs the diffusers configs of '{src}', which are not available offline: "
-            f"set prior.single_file_config to a local diffusers folder of the same architecture, or "
-            f"download them where there is internet (huggingface-cli download {src} --exclude '*.bin' "
-            f"'*.safetensors') and copy the HF cache here")
-    return src
-
 
 def load_stable_diffusion(location: str, device: torch.device | str, dtype: str = "auto", latent: str = "mean",
                           single_file_config: str = "", offline: bool = False,
                           name: str | None = None) -> StableDiffusionPrior:
-    """Load what `resolve_prior` returned: a folder, a single file, or a hub id to download first."""
+    """Load what `resolve_prior` returned: a folder, a single file, or a hub id to download first
+    (an SDXL folder or file gives a `sdxl.StableDiffusionXLPrior`)."""
     path = Path(location)
     if path.is_file():
         if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
@@ -568,7 +386,10 @@ def load_stable_diffusion(location: str, device: torch.device | str, dtype: str 
                                                      offline, name=name)
     if not path.is_dir():
         path = download(location)  # a reachable hub id, not cached yet
-    return StableDiffusionPrior.from_pretrained(path, device, dtype, latent, name=name)
+    from .sdxl import StableDiffusionXLPrior, is_sdxl_folder
+
+    cls = StableDiffusionXLPrior if is_sdxl_folder(path) else StableDiffusionPrior
+    return cls.from_pretrained(path, device, dtype, latent, name=name)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,8 +4,8 @@ Stable Diffusion's VAE encoder has one self-attention layer (mid-block, 1 head o
 the (S/8)^2 latent positions). PyTorch's `scaled_dot_product_attention` has no flash kernel for a head
 dimension of 512, so it falls back to the memory-efficient kernel, whose *backward* at 4 x 4096
 tokens takes 17 ms on an H100: a quarter of the whole encoder's forward + backward at 4 x 512^2
-(BENCHMARKS.md, "GPU speed"). The same attention written as matrix products runs on cuBLAS in both
-directions, for the price of one stored [B, heads, N, N] matrix (134 MB at 4 x 64^2 in fp16).
+(docs/experiments/gpu-speed.md). The same attention written as matrix products runs on cuBLAS in
+both directions, for the price of one stored [B, heads, N, N] matrix (134 MB at 4 x 64^2 in fp16).
 
 For hidden states h [B, C, H, W] and N = H * W:
     1. x = group_norm(h), as [B, N, C]

@@ -59,6 +59,7 @@ def render(
     near: float = 0.01,
     far: float = 100.0,
     eps2d: float = 0.3,
+    depth_grad: bool = True,
 ) -> RenderOut:
     """Render C views of N gaussians in one call (3D Gaussian Splatting, Kerbl et al. 2023).
 
@@ -68,21 +69,29 @@ def render(
         pairs with alpha_i < 1/255 skipped, and a pixel stops before its transmittance would
         drop to 1e-4. Pixel centres are at (x + 0.5, y + 0.5).
 
+    .. note::
+        Per-view scales: `gaussians.scales` may be `[C, N, 3]`, one set per camera (the
+        reference's scale augmentation draws fresh noise per view); everything else is shared.
+
     Args:
-        gaussians: activated gaussians (means [N, 3], quats [N, 4], scales [N, 3] std devs,
-            opacities [N], sh [N, K, 3] with K >= (sh_degree + 1)^2).
+        gaussians: activated gaussians (means [N, 3], quats [N, 4], scales [N, 3] or [C, N, 3]
+            std devs, opacities [N], sh [N, K, 3] with K >= (sh_degree + 1)^2).
         cams: C cameras: viewmats [C, 4, 4] world-to-camera (OpenCV), Ks [C, 3, 3] in pixels,
             width, height; on the gaussians' device.
         background: [3] or [C, 3] RGB composited behind: rgb = rgb_premult + (1 - alpha) * bg.
         backend: "auto" | "gsplat" (CUDA, float32) | "torch".
         near, far: camera-z clipping of the gaussian centres.
         eps2d: low-pass blur added to each projected covariance (pixels^2).
+        depth_grad: False composites the camera z of each gaussian detached, so `depth`'s
+            gradient reaches the gaussians through the compositing weights only (the
+            reference rasterizer's depth); rgb and alpha are unchanged.
 
     Returns:
         RenderOut with rgb [C, 3, H, W], alpha [C, 1, H, W] (1 - final transmittance),
         depth [C, 1, H, W] (sum w_i z_i / alpha; 0 where alpha <= 1e-6) and info:
         "means2d" [C, N, 2] pixel coordinates (retain_grad'ed: after backward its .grad holds
-        d loss / d means2d), "radii" [C, N] int32 (0 = culled), "width", "height", "n_cameras".
+        d loss / d means2d; [C, 1, N, 2] on gsplat with per-view scales), "radii" [C, N] int32
+        (0 = culled), "width", "height", "n_cameras".
 
     Example:
         >>> out = render(gaussians, cams, torch.ones(3))
@@ -92,7 +101,8 @@ def render(
     N, C = len(g), len(cams)
     W, H = int(cams.width), int(cams.height)
     # 1. check the inputs
-    shapes = {"means": (g.means, (N, 3)), "quats": (g.quats, (N, 4)), "scales": (g.scales, (N, 3)),
+    scales_shape = (C, N, 3) if g.scales.dim() == 3 else (N, 3)
+    shapes = {"means": (g.means, (N, 3)), "quats": (g.quats, (N, 4)), "scales": (g.scales, scales_shape),
               "opacities": (g.opacities, (N,)), "viewmats": (cams.viewmats, (C, 4, 4)),
               "Ks": (cams.Ks, (C, 3, 3))}
     for name, (t, shape) in shapes.items():
@@ -118,7 +128,8 @@ def render(
 
     # 2. premultiplied colour, alpha, depth
     args = (g.means, g.quats, g.scales, g.opacities, g.sh, g.sh_degree,
-            cams.viewmats.to(g.means.dtype), cams.Ks.to(g.means.dtype), W, H, near, far, eps2d)
+            cams.viewmats.to(g.means.dtype), cams.Ks.to(g.means.dtype), W, H, near, far, eps2d,
+            depth_grad)
     if _pick_backend(backend, device, g.means.dtype) == "gsplat":
         from .gsplat_backend import render_gsplat
         rgb, alpha, depth, means2d, radii = render_gsplat(*args)

@@ -48,22 +48,28 @@ PAIR_BUDGET_CUDA = 1 << 24  # the same on CUDA (fewer, larger kernels)
 # ---------------------------------------------------------------------------------------------
 # 1. Projection
 # ---------------------------------------------------------------------------------------------
-def quat_scale_to_covar(quats: Tensor, scales: Tensor) -> Tensor:
-    """Sigma = R S S^T R^T [N, 3, 3] from (w, x, y, z) quaternions [N, 4] (any norm), std devs [N, 3]."""
+def quat_to_rotmat(quats: Tensor) -> Tensor:
+    """[..., 4] (w, x, y, z) quaternions, any norm (normalised first) -> [..., 3, 3] rotations."""
     w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).unbind(-1)
-    R = torch.stack([
+    return torch.stack([
         1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
         2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
         2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
     ], dim=-1).reshape(quats.shape[:-1] + (3, 3))
-    M = R * scales[..., None, :]                                       # [N, 3, 3] = R S
+
+
+def quat_scale_to_covar(quats: Tensor, scales: Tensor) -> Tensor:
+    """Sigma = R S S^T R^T [..., N, 3, 3] from (w, x, y, z) quaternions [N, 4] (any norm) and std
+    devs [..., N, 3] (a leading camera axis broadcasts)."""
+    R = quat_to_rotmat(quats)                                          # [N, 3, 3]
+    M = R * scales[..., None, :]                                       # [..., N, 3, 3] = R S
     return M @ M.transpose(-1, -2)
 
 
 def project(
     means: Tensor,      # [N, 3]
     quats: Tensor,      # [N, 4]
-    scales: Tensor,     # [N, 3]
+    scales: Tensor,     # [N, 3] or [C, N, 3] (per view)
     opacities: Tensor,  # [N]
     viewmats: Tensor,   # [C, 4, 4]
     Ks: Tensor,         # [C, 3, 3]
@@ -84,8 +90,10 @@ def project(
     # 1. world -> camera: mu_c = R mu + t, Sigma_c = R Sigma R^T
     R, t = viewmats[:, :3, :3], viewmats[:, :3, 3]                     # [C, 3, 3], [C, 3]
     means_c = torch.einsum("cij,nj->cni", R, means) + t[:, None, :]   # [C, N, 3]
-    covar = quat_scale_to_covar(quats, scales)                         # [N, 3, 3]
-    covar_c = R[:, None] @ covar[None] @ R.transpose(-1, -2)[:, None]  # [C, N, 3, 3]
+    covar = quat_scale_to_covar(quats, scales)                         # [N or C, N, 3, 3]
+    if covar.dim() == 3:
+        covar = covar[None]                                            # [1, N, 3, 3]
+    covar_c = R[:, None] @ covar @ R.transpose(-1, -2)[:, None]        # [C, N, 3, 3]
     x, y, z = means_c.unbind(-1)                                       # [C, N] each
     valid = (z >= near) & (z <= far)
     z = torch.where(valid, z, torch.ones_like(z))                      # keep culled ones finite
@@ -372,7 +380,7 @@ def rasterize(
 def render_torch(
     means: Tensor,      # [N, 3]
     quats: Tensor,      # [N, 4]
-    scales: Tensor,     # [N, 3]
+    scales: Tensor,     # [N, 3] or [C, N, 3] (per view)
     opacities: Tensor,  # [N]
     sh: Tensor,         # [N, K, 3]
     sh_degree: int,
@@ -383,9 +391,11 @@ def render_torch(
     near: float = 0.01,
     far: float = 100.0,
     eps2d: float = 0.3,
+    depth_grad: bool = True,
     pair_budget: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Render C views; differentiable in every tensor input.
+    """Render C views; differentiable in every tensor input (depth_grad=False: the composited
+    camera z is detached, so depth's gradient flows through the weights only).
 
     Returns:
         rgb [C, 3, H, W] premultiplied (no background), alpha [C, 1, H, W], depth [C, 1, H, W]
@@ -404,7 +414,8 @@ def render_torch(
     coeffs = sh[None].expand((C,) + sh.shape)                            # [C, N, K, 3]
     colors = torch.clamp_min(eval_sh(sh_degree, dirs, coeffs) + 0.5, 0.0)  # [C, N, 3]
     # 3. composite rgb and z together
-    feats = torch.cat([colors, depths[..., None]], dim=-1)               # [C, N, 4]
+    z = depths if depth_grad else depths.detach()
+    feats = torch.cat([colors, z[..., None]], dim=-1)                    # [C, N, 4]
     out, alpha = rasterize(means2d, conics, feats, opacities[None].expand(C, -1), depths, radii,
                            width, height, pair_budget)
     rgb = out[..., :3].permute(0, 3, 1, 2)                               # [C, 3, H, W]

@@ -1,0 +1,309 @@
+"""Where does a training step's time go, below the trainer? The probes behind the GPU-speed
+analysis (docs/experiments/gpu-speed.md), one subcommand each:
+
+    python benchmarks/diagnostics.py flops                      # CPU, seconds
+    python benchmarks/diagnostics.py calls [--compile] [--kernels]  # CUDA; --tiny: CPU smoke run
+    python benchmarks/diagnostics.py trace --out /tmp/trace     # CUDA; --tiny: a CPU smoke run
+    python benchmarks/diagnostics.py pixel-calls                # CPU, the shipped ToyWorld UNet
+
+flops        What can a `paper` step cost at least? FLOPs of the SD-2.1-base UNet per sample
+             (64x64 and 32x32 latents) and of the VAE encoder forward and backward (input gradient
+             only) per 512x512 / 256x256 image, counted with torch.utils.flop_counter on meta
+             tensors (no weights, no GPU). Divide by the GPU's GEMM rate (`calls` prints it) for
+             the floor of a step.
+calls        How fast are the two networks per call, and what do graphs / compile / our matmul
+             attention buy? The GPU's fp16 GEMM rate (8192^3 matmul); the SD-2.1-base UNet at
+             batches 4, 8, 16 (64^2 latents, fp16): eager, as a CUDA graph (`GraphedCall`, what
+             the trainer replays) and, with --compile, torch.compile'd inside the graph; the VAE
+             encoder forward+backward at 4 x 512^2 (`quant_conv(encoder(x))`, as the prior calls
+             it) with diffusers' SDPA attention and with ours (`use_matmul_attention`), eager and,
+             with --compile, compiled, plus the fp16 gradient difference of the two attentions;
+             with --kernels, the eager encoder's forward+backward kernel table with each
+             attention (torch.profiler; SDPA's memory-efficient backward was the 17 ms kernel).
+             Median of 15 timed calls after 3 warm-ups (CUDA events). Random weights of the
+             exact architecture (speed does not depend on weight values).
+trace        Where do the gaps in a real step lie? A torch.profiler trace (Chrome format,
+             OUT/trace.json) of steps 7-9 of the `paper` preset in the real trainer, random
+             SD-2.1-base weights, and each step's wall time; open it in chrome://tracing or
+             Perfetto and sum the idle gaps of the CUDA stream.
+pixel-calls  How long does one ToyWorld UNet call take on this CPU, and does channels_last still
+             help? The shipped prior at batch 4, 8, 16: plain layout vs channels_last weights vs
+             channels_last weights and input (what `PixelPrior` runs on the CPU), interleaved
+             because a shared host's speed drifts; min / median of 15 calls.
+
+`--tiny` runs `calls` and `trace` on the tiny random SD of the tests (tests/tiny_sd.py) on the
+CPU: the same code path, meaningless times; it checks the script still runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
+
+
+def median_ms(fn: Callable[[], object], device: torch.device, n: int = 15, warm: int = 3) -> float:
+    """Call `fn` `warm` times, then time `n` calls (CUDA events on CUDA); the median, in ms."""
+    for _ in range(warm):
+        fn()
+    if device.type != "cuda":
+        ts = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(1000 * (time.perf_counter() - t0))
+        return statistics.median(ts)
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(n):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b))
+    return statistics.median(ts)
+
+
+def sd_configs(tiny: bool) -> dict[str, dict]:
+    from tiny_sd import sd21_base_configs, tiny_sd_configs
+    return tiny_sd_configs() if tiny else sd21_base_configs()
+
+
+# --------------------------------------------------------------------------------------------
+# flops
+# --------------------------------------------------------------------------------------------
+def cmd_flops(args) -> None:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg = sd_configs(args.tiny)
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(cfg["unet"]).requires_grad_(False)
+        vae = AutoencoderKL.from_config(cfg["vae"]).requires_grad_(False)
+    dim = cfg["unet"]["cross_attention_dim"]
+    for res in (64, 32):
+        x, e = torch.randn(1, 4, res, res, device="meta"), torch.randn(1, 77, dim, device="meta")
+        with FlopCounterMode(display=False) as fc:
+            unet(x, torch.tensor([500], device="meta"), encoder_hidden_states=e)
+        print(f"UNet, one sample at {res}x{res} latents: {fc.get_total_flops() / 1e9:.1f} GFLOP")
+    for res in (512, 256):
+        x = torch.randn(1, 3, res, res, device="meta", requires_grad=True)
+        with FlopCounterMode(display=False) as fc:
+            y = vae.quant_conv(vae.encoder(x))
+        fwd = fc.get_total_flops()
+        with FlopCounterMode(display=False) as fc:
+            y.sum().backward()
+        print(f"VAE encoder, one {res}x{res} image: forward {fwd / 1e9:.1f} GFLOP, "
+              f"backward {fc.get_total_flops() / 1e9:.1f} GFLOP")
+
+
+# --------------------------------------------------------------------------------------------
+# calls
+# --------------------------------------------------------------------------------------------
+def cmd_calls(args) -> None:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from ism3d.priors.cuda_graph import GraphedCall
+    from ism3d.priors.vae_attention import use_matmul_attention
+
+    dev = torch.device("cpu" if args.tiny else "cuda")
+    dt = torch.float32 if args.tiny else torch.float16
+    cfg = sd_configs(args.tiny)
+    time_ms = lambda fn: median_ms(fn, dev, n=3 if args.tiny else 15)  # noqa: E731
+    size = 64 if args.tiny else args.size                     # image size; latents are size / 8
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu'}",
+          flush=True)
+    # 1. the GPU's GEMM rate
+    if dev.type == "cuda":
+        a = torch.randn(8192, 8192, device=dev, dtype=dt)
+        t = time_ms(lambda: a @ a)
+        print(f"matmul 8192^3 fp16: {t:.2f} ms = {2 * 8192 ** 3 / t / 1e9:.0f} TFLOP/s", flush=True)
+        del a
+    # 2. the UNet per call
+    with torch.device(dev):
+        unet = UNet2DConditionModel.from_config(cfg["unet"]).to(dt).eval().requires_grad_(False)
+    dim, lat = cfg["unet"]["cross_attention_dim"], size // 8
+    fwd = lambda x, t, e: unet(x, t, encoder_hidden_states=e).sample  # noqa: E731
+    compiled = torch.compile(fwd, dynamic=False) if args.compile else None
+    for B in [int(b) for b in args.batches.split(",")]:
+        x = torch.randn(B, 4, lat, lat, device=dev, dtype=dt)
+        t = torch.full((B,), 500, device=dev, dtype=torch.long)
+        e = torch.randn(B, 77, dim, device=dev, dtype=dt)
+        with torch.no_grad():
+            line = f"UNet batch {B:2d}: eager {time_ms(lambda: fwd(x, t, e)):.1f} ms"
+            if dev.type == "cuda":
+                g = GraphedCall(fwd)
+                line += f", CUDA graph {time_ms(lambda: g(x, t, e)):.1f} ms"
+            if compiled is not None:
+                t0 = time.perf_counter()
+                compiled(x, t, e)
+                ct = time.perf_counter() - t0
+                gc = GraphedCall(compiled) if dev.type == "cuda" else compiled
+                line += f", compiled{' + graph' if dev.type == 'cuda' else ''} " \
+                        f"{time_ms(lambda: gc(x, t, e)):.1f} ms (compile {ct:.0f} s)"
+        print(line, flush=True)
+    del unet, compiled
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    # 3. the VAE encoder forward + backward, SDPA vs matmul attention
+    with torch.device(dev):
+        vae = AutoencoderKL.from_config(cfg["vae"]).to(dt).eval().requires_grad_(False)
+    x = torch.randn(4, 3, size, size, device=dev, dtype=dt, requires_grad=True)
+    w = torch.randn(4, 8, size // 8, size // 8, device=dev)        # fixed weights of the moments
+    enc = lambda z: vae.quant_conv(vae.encoder(z))  # noqa: E731
+
+    def fwd_bwd(f):
+        def call():
+            (f(x).float() * w).sum().backward()
+            x.grad = None
+        return call
+
+    def input_grad(f) -> torch.Tensor:
+        x.grad = None
+        (f(x).float() * w).sum().backward()
+        grad, x.grad = x.grad.float().clone(), None
+        return grad
+
+    def kernel_table(what: str) -> None:
+        """--kernels: the eager encoder's forward+backward kernels, most time first."""
+        from torch.profiler import ProfilerActivity, profile
+        acts = [ProfilerActivity.CUDA] if dev.type == "cuda" else [ProfilerActivity.CPU]
+        with profile(activities=acts) as prof:
+            for _ in range(3):
+                fwd_bwd(enc)()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+        key = "cuda_time_total" if dev.type == "cuda" else "cpu_time_total"
+        print(f"kernels, VAE encoder fwd+bwd x3, {what}:")
+        print(prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=90))
+
+    g_sdpa = input_grad(enc)
+    print(f"VAE encoder 4x{size}^2 fwd+bwd, SDPA attention: eager {time_ms(fwd_bwd(enc)):.1f} ms",
+          flush=True)
+    if args.kernels:
+        kernel_table("SDPA attention")
+    layers = use_matmul_attention(vae.encoder)
+    g_mm = input_grad(enc)
+    rel = ((g_mm - g_sdpa).norm() / g_sdpa.norm()).item()
+    line = (f"VAE encoder 4x{size}^2 fwd+bwd, matmul attention ({layers} layers): eager "
+            f"{time_ms(fwd_bwd(enc)):.1f} ms, fwd {time_ms(lambda: enc(x)):.1f} ms; input gradient "
+            f"vs SDPA: relative difference {rel:.1e}")
+    if args.compile:
+        c = torch.compile(enc, dynamic=False)
+        t0 = time.perf_counter()
+        fwd_bwd(c)()
+        ct = time.perf_counter() - t0
+        line += f"; compiled {time_ms(fwd_bwd(c)):.1f} ms (compile {ct:.0f} s)"
+    print(line, flush=True)
+    if args.kernels:
+        kernel_table("matmul attention")
+
+
+# --------------------------------------------------------------------------------------------
+# trace
+# --------------------------------------------------------------------------------------------
+def cmd_trace(args) -> None:
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    from ism3d import config as C
+    from ism3d import train as T
+    from ism3d.priors import load_prior
+    from tiny_sd import make_sd21_random, make_tiny_sd
+
+    dev = "cpu" if args.tiny else "cuda"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = (make_tiny_sd if args.tiny else make_sd21_random)(Path(tmp) / "sd")
+        over = {"prior.name": str(model), "train.iters": 12, "train.checkpoint_every": 0,
+                "train.preview_every": 0, "train.device": dev}
+        if args.tiny:
+            over.update({"render.width": 64, "render.height": 64, "init.num_points": 500})
+        cfg = C.apply_overrides(C.preset_config("paper"), over)
+        prior = load_prior(cfg.prior, torch.device(dev))
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev == "cuda" else [])
+        prof = profile(activities=acts, schedule=schedule(wait=6, warmup=2, active=3))
+        walls, last = [], [time.perf_counter()]
+
+        def step_done(_p) -> None:
+            if dev == "cuda":
+                torch.cuda.synchronize()
+            now = time.perf_counter()
+            walls.append(round((now - last[0]) * 1e3, 1))
+            last[0] = now
+            prof.step()
+
+        prof.start()
+        T.train(cfg, "a DSLR photo of a hamburger", prior, Path(tmp) / "run", progress=False,
+                callback=step_done)
+        prof.stop()
+    prof.export_chrome_trace(str(out / "trace.json"))
+    print(json.dumps({"step_wall_ms": walls, "trace": str(out / "trace.json")}))
+
+
+# --------------------------------------------------------------------------------------------
+# pixel-calls
+# --------------------------------------------------------------------------------------------
+def cmd_pixel_calls(args) -> None:
+    import copy
+
+    from ism3d.priors.pixel import PixelPrior
+
+    p = PixelPrior.from_pretrained(str(ROOT / "ism3d/assets/toyworld"))
+    cl = p.unet                                                   # the CPU prior is channels_last
+    plain = copy.deepcopy(cl).to(memory_format=torch.contiguous_format)
+    emb = p.embed(["a red cube, front view"])
+    for B in [int(b) for b in args.batches.split(",")]:
+        x = torch.randn(B, 3, p.image_size, p.image_size)
+        t = torch.full((B,), 500)
+        e = emb.expand(B, -1, -1).contiguous()
+        cases = {"plain": (plain, x), "CL weights": (cl, x),
+                 "CL weights+input": (cl, x.to(memory_format=torch.channels_last))}
+        ts: dict[str, list[float]] = {k: [] for k in cases}
+        with torch.no_grad():
+            for u, xi in cases.values():
+                u(xi, t, encoder_hidden_states=e)
+            for r in range(args.repeats):
+                order = list(cases.items()) if r % 2 else list(cases.items())[::-1]
+                for k, (u, xi) in order:
+                    t0 = time.perf_counter()
+                    u(xi, t, encoder_hidden_states=e)
+                    ts[k].append(1000 * (time.perf_counter() - t0))
+        print(f"batch {B:2d}: " + "  ".join(f"{k} {min(v):.0f}/{statistics.median(v):.0f} ms"
+                                            for k, v in ts.items()), flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    f = sub.add_parser("flops", help="FLOPs of the UNet and the VAE encoder (CPU, meta tensors)")
+    f.add_argument("--tiny", action="store_true", help="the tiny test SD instead of SD-2.1-base")
+    c = sub.add_parser("calls", help="UNet and VAE encoder per call, GEMM rate (CUDA)")
+    c.add_argument("--batches", default="4,8,16", help="UNet batches (4,8,16)")
+    c.add_argument("--size", type=int, default=512, help="VAE input size (512; 256 for `fast`)")
+    c.add_argument("--compile", action="store_true", help="also torch.compile (minutes the first time)")
+    c.add_argument("--kernels", action="store_true", help="also the VAE encoder's kernel table")
+    c.add_argument("--tiny", action="store_true", help="tiny SD on the CPU: a smoke run")
+    t = sub.add_parser("trace", help="torch.profiler trace of 3 paper steps (CUDA)")
+    t.add_argument("--out", default="/tmp/ism3d_trace", help="folder for trace.json")
+    t.add_argument("--tiny", action="store_true", help="tiny SD on the CPU: a smoke run")
+    p = sub.add_parser("pixel-calls", help="the ToyWorld UNet per call on the CPU")
+    p.add_argument("--batches", default="4,8,16")
+    p.add_argument("--repeats", type=int, default=15)
+    args = ap.parse_args(argv)
+    {"flops": cmd_flops, "calls": cmd_calls, "trace": cmd_trace,
+     "pixel-calls": cmd_pixel_calls}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
