@@ -68,7 +68,7 @@ def field_colour(gaussians: Gaussians, floor: float = 0.0, k: int = 16):
 
     def sample(points: np.ndarray) -> np.ndarray:
         pts = np.asarray(points, np.float64)
-        _, nn = tree.query(pts, k=k)
+        _, nn = tree.query(pts, k=k, workers=-1)                           # all cores
         nn = torch.from_numpy(np.asarray(nn).reshape(len(pts), k))         # [P, k]
         d = torch.from_numpy(pts).float()[:, None, :] - mu[nn]             # [P, k, 3]
         dx, dy, dz = d.unbind(-1)
