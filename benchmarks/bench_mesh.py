@@ -202,6 +202,7 @@ def quality(args) -> None:
     else:
         scenes = {f"{c} {f}": make_object(f, c) for f, c in
                   (("mug", "red"), ("house", "blue"), ("chair", "green"), ("torus", "yellow"))}
+        scenes["striped ball"] = striped_ball()
     size = args.size
     cams = [eval_ring(args.views, size, size, 3.5, 0.55, polar=p) for p in (90.0, 60.0)]
     for name, g in scenes.items():
@@ -245,6 +246,20 @@ def quality(args) -> None:
             both = silhouette(a) & silhouette(ref_a)          # colour alone, where both cover
             row[f"{kind}_psnr_inside"] = round(float(psnr_from_mse(masked_mse(rgb, ref_rgb, both))), 2)
         print(json.dumps(row), flush=True)
+
+
+def striped_ball(n: int = 20_000) -> Gaussians:
+    """Colour detail finer than a 20k-face mesh: `make_scene("shell")` painted with 24 red/blue
+    bands in longitude (each band ~0.13 wide at the equator, a few faces across)."""
+    import math
+
+    from ism3d.render.sh import SH_C0
+
+    g = make_scene("shell", n, seed=1)
+    lon = torch.atan2(g.means[:, 1], g.means[:, 0])
+    red = (torch.floor(lon / (2 * math.pi) * 24) % 2 == 0)[:, None]
+    rgb = torch.where(red, torch.tensor([0.9, 0.1, 0.1]), torch.tensor([0.1, 0.2, 0.9]))
+    return Gaussians(g.means, g.quats, g.scales, g.opacities, ((rgb - 0.5) / SH_C0)[:, None], 0)
 
 
 def sample(tex, uv):
