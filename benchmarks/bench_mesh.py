@@ -99,6 +99,9 @@ def main() -> None:
                     help="instead: textured vs vertex-coloured mesh against the gaussians' renders")
     ap.add_argument("--views", type=int, default=8, help="--quality: views per ring (8)")
     ap.add_argument("--size", type=int, default=128, help="--quality: render size (128)")
+    ap.add_argument("--project", action="store_true",
+                    help="--quality: also bake by rendering the gaussians from 48 views (off the "
+                         "eval ring) and projecting the images onto the texels")
     args = ap.parse_args()
     if args.quality:
         return quality(args)
@@ -214,38 +217,97 @@ def quality(args) -> None:
         t1 = time.perf_counter()
         tm = texture_mesh(mesh, g, args.texture or 1024, h=stats["h"])
         t2 = time.perf_counter()
+        kinds = ["vertex", "texture"]
+        meshes = {"texture": tm}
+        if args.project:
+            from ism3d.export.mesh_texture import bake_texture
+            t3 = time.perf_counter()
+            meshes["projected"] = bake_texture(np.asarray(mesh.vertices), np.asarray(mesh.faces),
+                                               np.asarray(mesh.vertex_normals),
+                                               projected_colour(g),
+                                               size=args.texture or 1024)
+            proj_s = round(time.perf_counter() - t3, 2)
+            kinds.append("projected")
         vc = np.asarray(mesh.visual.vertex_colors)[:, :3] / 255.0
         row = {"scene": name, "gaussians": len(g), "faces": len(mesh.faces),
                "texture": args.texture or 1024, "mesh_s": round(t1 - t0, 2),
                "texture_s": round(t2 - t1, 2)}
-        res = {"vertex": [[], []], "texture": [[], []], "ref": [[], []]}
+        if args.project:
+            row["projected_s"] = proj_s
+        res = {k: [[], []] for k in kinds + ["ref"]}
         for ring in cams:
             ref = render(g, ring, torch.ones(3), backend="torch")
             for k in range(len(ring.viewmats)):
                 V, Kk = ring.viewmats[k].double().numpy(), ring.Ks[k].double().numpy()
-                for kind in ("vertex", "texture"):
-                    verts = np.asarray(mesh.vertices) if kind == "vertex" else tm.vertices
-                    faces = np.asarray(mesh.faces) if kind == "vertex" else tm.faces
+                for kind in kinds:
+                    tk = meshes.get(kind)
+                    verts = np.asarray(mesh.vertices) if kind == "vertex" else tk.vertices
+                    faces = np.asarray(mesh.faces) if kind == "vertex" else tk.faces
                     f, b = rasterise(verts, faces, V, Kk, size, size)
                     hit = f >= 0
                     rgb = np.ones((size, size, 3))
                     if kind == "vertex":
                         rgb[hit] = np.einsum("pk,pkc->pc", b[hit], vc[faces[f[hit]]])
                     else:
-                        uv = np.einsum("pk,pkc->pc", b[hit], tm.uv[faces[f[hit]]])
-                        rgb[hit] = sample(tm.texture, uv)
+                        uv = np.einsum("pk,pkc->pc", b[hit], tk.uv[faces[f[hit]]])
+                        rgb[hit] = sample(tk.texture, uv)
                     res[kind][0].append(torch.from_numpy(rgb).permute(2, 0, 1).float())
                     res[kind][1].append(torch.from_numpy(hit[None].astype(np.float32)))
             res["ref"][0].append(ref.rgb)
             res["ref"][1].append(ref.alpha)
         ref_rgb, ref_a = torch.cat(res["ref"][0]), torch.cat(res["ref"][1])
-        for kind in ("vertex", "texture"):
+        for kind in kinds:
             rgb, a = torch.stack(res[kind][0]), torch.stack(res[kind][1])
             row[f"{kind}_psnr"] = round(float(masked_psnr(rgb, a, ref_rgb, ref_a)), 2)
             row[f"{kind}_iou"] = round(float(silhouette_iou(a, ref_a).mean()), 4)
             both = silhouette(a) & silhouette(ref_a)          # colour alone, where both cover
             row[f"{kind}_psnr_inside"] = round(float(psnr_from_mse(masked_mse(rgb, ref_rgb, both))), 2)
         print(json.dumps(row), flush=True)
+
+
+def projected_colour(g: Gaussians, views: int = 24, size: int = 256):
+    """The other bake (--project): render the gaussians from `views` azimuths x polar 70/110 (off
+    the eval ring's azimuths), and give each point the mean colour of the views that see it
+    (render depth within 1.5 % of the camera distance, alpha > 0.9); points no view sees take
+    the gaussian field's colour."""
+    import numpy as np
+
+    from ism3d.cameras import orbit_cameras
+    from ism3d.export.mesh_grid import _cpu
+    from ism3d.export.mesh_texture import field_colour
+    from ism3d.render import render
+
+    az = torch.arange(views, dtype=torch.float64) * (360.0 / views) + 180.0 / views
+    polar = torch.cat([torch.full((views,), 70.0), torch.full((views,), 110.0)]).double()
+    cams = orbit_cameras(polar, torch.cat([az, az]), torch.full((2 * views,), 3.5, dtype=torch.float64),
+                         torch.full((2 * views,), 0.55, dtype=torch.float64), size, size)
+    out = render(g, cams, torch.ones(3), backend="torch")
+    rgb = out.rgb.permute(0, 2, 3, 1).double().numpy()                     # [C, H, W, 3]
+    depth, alpha = out.depth[:, 0].double().numpy(), out.alpha[:, 0].double().numpy()
+    V, K = cams.viewmats.double().numpy(), cams.Ks.double().numpy()
+    fallback = field_colour(_cpu(g))
+
+    def sample(points):
+        P = len(points)
+        acc, cnt = np.zeros((P, 3)), np.zeros(P)
+        for c in range(len(V)):
+            cam = points @ V[c, :3, :3].T + V[c, :3, 3]
+            z = cam[:, 2]
+            u = cam[:, 0] / z * K[c, 0, 0] + K[c, 0, 2] - 0.5
+            v = cam[:, 1] / z * K[c, 1, 1] + K[c, 1, 2] - 0.5
+            iu, iv = np.round(u).astype(int), np.round(v).astype(int)
+            ok = (iu >= 0) & (iu < size) & (iv >= 0) & (iv < size)
+            iu, iv = np.clip(iu, 0, size - 1), np.clip(iv, 0, size - 1)
+            ok &= alpha[c, iv, iu] > 0.9
+            ok &= np.abs(depth[c, iv, iu] - z) < 0.015 * 3.5
+            acc[ok] += rgb[c, iv[ok], iu[ok]]
+            cnt[ok] += 1
+        out_c = fallback(points)
+        seen = cnt > 0
+        out_c[seen] = acc[seen] / cnt[seen, None]
+        return out_c
+
+    return sample
 
 
 def striped_ball(n: int = 20_000) -> Gaussians:

@@ -349,6 +349,11 @@ class OutputConfig:
     # Face budget of the textured mesh (the texture carries the colour detail; xatlas's unwrap
     # time grows faster than the faces: ~5 s at 20k faces, ~2 min at 100k on a 2-core CPU)
     texture_faces: int = 20_000
+    # How the texture's colours are baked: "render" (the gaussians rendered from 48 views and
+    # projected onto the surface: ~2 dB closer to the gaussians' own renders, but 8-60 s of
+    # rendering on a CPU), "field" (the gaussian field's colour at each texel: seconds), "auto"
+    # (render on a GPU, field on the CPU)
+    texture_bake: str = "auto"
 
 
 @dataclass
@@ -586,6 +591,8 @@ def validate(cfg: Config, latent_prior: bool | None = None) -> None:
     need(0 <= out.ply_sh_degree <= 3, "output.ply_sh_degree", "must be 0..3")
     need(16 <= out.texture_size <= 8192, "output.texture_size", "must be between 16 and 8192")
     need(out.texture_faces >= 0, "output.texture_faces", "must be >= 0 (0 = no decimation)")
+    need(out.texture_bake in ("auto", "render", "field"), "output.texture_bake",
+         "must be auto, render or field")
 
 
 def _get(cfg: Config, key: str) -> Any:

@@ -183,7 +183,8 @@ def export_outputs(result: TrainResult, cfg: C.Config, out: Path, device: torch.
         try:
             export_mesh(g, out / "mesh.glb", resolution=o.mesh_resolution,
                         faces=o.texture_faces if o.mesh_texture else o.mesh_faces,
-                        texture_size=o.texture_size if o.mesh_texture else 0)
+                        texture_size=o.texture_size if o.mesh_texture else 0,
+                        texture_bake=o.texture_bake, device=device)
         except MeshError as e:
             return {"mesh_error": str(e)}
     return {}

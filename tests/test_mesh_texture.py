@@ -100,3 +100,21 @@ def test_obj_comes_with_mtl_and_png_and_reads_back(striped, tmp_path):
     # upright like the GLB: world +z (up) is the file's +Y
     ys = np.asarray(back.vertices)[:, 1]
     assert ys.max() == pytest.approx(np.asarray(mesh.vertices)[:, 2].max(), abs=1e-4)
+
+
+def test_render_and_project_bake_also_recovers_the_stripes(striped):
+    """The other bake (output.texture_bake=render): renders from 2 x 8 views, projected."""
+    from ism3d.export.mesh_texture import bake_texture, render_colour
+
+    g, mesh, stats = striped
+    tm = bake_texture(np.asarray(mesh.vertices), np.asarray(mesh.faces),
+                      np.asarray(mesh.vertex_normals), render_colour(g, views=8, size=128), 128)
+    rng = np.random.default_rng(1)
+    f = rng.integers(0, len(tm.faces), 3000)
+    b = rng.dirichlet([1, 1, 1], 3000)
+    p = np.einsum("pk,pkd->pd", b, tm.vertices[tm.faces[f]])
+    tex = sample_texture(tm.texture, np.einsum("pk,pkd->pd", b, tm.uv[tm.faces[f]]))
+    err = np.abs(tex - stripes(p)).mean()
+    assert err < 0.12, err
+    with pytest.raises(M.MeshError, match="bake"):
+        M.texture_mesh(mesh, g, 64, h=stats["h"], bake="paint")

@@ -281,7 +281,7 @@ def gaussians_to_mesh(gaussians: Gaussians, resolution: int = 256, faces: int = 
 
 
 def texture_mesh(mesh, gaussians: Gaussians, size: int = 1024, min_opacity: float = 0.01,
-                 h: float = 0.0):
+                 h: float = 0.0, bake: str = "field", device: str | torch.device = "cpu"):
     """Bake a base-colour texture for a `gaussians_to_mesh` result (export/mesh_texture.py).
 
     Args:
@@ -289,20 +289,30 @@ def texture_mesh(mesh, gaussians: Gaussians, size: int = 1024, min_opacity: floa
         gaussians: the activated gaussians it was made from.
         size: texture side in texels.
         min_opacity: the same opacity cut as the mesh's.
-        h: the density grid's voxel side (stats["h"]): the colour weights use its floor.
+        h: the density grid's voxel side (stats["h"]): the field colour's weights use its floor.
+        bake: "render" (render the gaussians from 48 views on `device` and project: ~2 dB
+            better, slow on a CPU), "field" (the gaussian field's colour at each texel: seconds)
+            or "auto" (render on a CUDA device, field otherwise).
     Returns:
         TexturedMesh (world frame).
     """
-    from .mesh_texture import bake_texture, field_colour
+    from .mesh_texture import bake_texture, field_colour, render_colour
 
+    if bake not in ("auto", "render", "field"):
+        raise MeshError(f"unknown texture bake {bake!r}: use auto, render or field")
+    if bake == "auto":
+        bake = "render" if torch.device(device).type == "cuda" else "field"
     g = _select(_cpu(gaussians), min_opacity)
     normals = np.asarray(mesh.vertex_normals, dtype=np.float64)
-    return bake_texture(np.asarray(mesh.vertices), np.asarray(mesh.faces), normals,
-                        field_colour(g, floor=SHEET_FLOOR * h), size=size)
+    colour_at = (render_colour(g, device=device) if bake == "render"
+                 else field_colour(g, floor=SHEET_FLOOR * h))
+    return bake_texture(np.asarray(mesh.vertices), np.asarray(mesh.faces), normals, colour_at,
+                        size=size)
 
 
 def export_mesh(gaussians: Gaussians, path: str | os.PathLike, resolution: int = 256,
                 faces: int = 100_000, threshold: float = 0.5, texture_size: int = 0,
+                texture_bake: str = "field", device: str | torch.device = "cpu",
                 stats: dict | None = None, **kwargs) -> Path:
     """`gaussians_to_mesh` then `write_mesh` (.glb or .obj, checked before any work); with
     `texture_size` > 0 the mesh gets a UV atlas and a baked base-colour texture of that size
@@ -320,7 +330,8 @@ def export_mesh(gaussians: Gaussians, path: str | os.PathLike, resolution: int =
     if not texture_size:
         return write_mesh(mesh, path)
     t0 = time.perf_counter()
-    tm = texture_mesh(mesh, gaussians, texture_size, kwargs.get("min_opacity", 0.01), st["h"])
+    tm = texture_mesh(mesh, gaussians, texture_size, kwargs.get("min_opacity", 0.01), st["h"],
+                      bake=texture_bake, device=device)
     st.update(texture=time.perf_counter() - t0, vertices=len(tm.vertices))
     return write_textured_mesh(tm, path)
 
