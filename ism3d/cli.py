@@ -236,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     p._eval = v  # main() parses `eval` intermixed (KEY=VALUE between options)
     from .batch.command import add_parser as add_batch_parser
     p._batch = add_batch_parser(sub)  # `batch` is parsed intermixed too
+    from .score.command import add_parsers as add_score_parsers
+    p._score, p._bench = add_score_parsers(sub)  # `bench` is parsed intermixed too
 
     s = sub.add_parser(
         "serve", help="web app: prompt, live progress, 3D viewer, downloads, gallery",
@@ -574,6 +576,16 @@ def cmd_batch(args) -> int:
     return run(args)
 
 
+def cmd_score(args) -> int:
+    from .score.command import cmd_score as run
+    return run(args)
+
+
+def cmd_bench(args) -> int:
+    from .score.command import cmd_bench as run
+    return run(args)
+
+
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _default_formatwarning = warnings.formatwarning
 
@@ -603,6 +615,9 @@ def _main(argv: list[str] | None) -> int:
     elif argv and argv[0] == "batch":
         args = parser._batch.parse_intermixed_args(argv[1:])
         args.command = "batch"
+    elif argv and argv[0] == "bench":
+        args = parser._bench.parse_intermixed_args(argv[1:])
+        args.command = "bench"
     elif argv and argv[0] == "eval":
         args = parser._eval.parse_intermixed_args(argv[1:])
         args.command = "eval"
@@ -613,7 +628,7 @@ def _main(argv: list[str] | None) -> int:
         return 2
     return {"generate": cmd_generate, "render": cmd_render,
             "export": cmd_export, "eval": cmd_eval, "serve": cmd_serve,
-            "batch": cmd_batch}[args.command](args)
+            "batch": cmd_batch, "score": cmd_score, "bench": cmd_bench}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import gradio as gr
 
 from .. import config as C
+from ..score.runs import score_text
 from .jobs import (MAX_FIELD_CHARS, MAX_OVERRIDES_CHARS, TERMINAL, UI_MAX_PROMPT_CHARS,
                    AppError, JobEvent, JobManager, JobRequest, one_line, run_dir_of, run_files,
                    read_record, status_text)
@@ -56,6 +57,13 @@ def preset_fields(name: str) -> tuple:
 
 def _owner(request: gr.Request | None) -> str:
     return (request.session_hash if request is not None else None) or "anonymous"
+
+
+def gallery_caption(r) -> str:
+    """A gallery entry's caption: prompt · status (step/total when stopped), and the CLIP score
+    when `ism3d score` scored the run (RUN/clip_score.json)."""
+    return (f"{r.prompt} · {r.status}" + (f" {r.step}/{r.total}" if r.status == "stopped" else "")
+            + (f" · {s}" if (s := score_text(r.path, short=True)) else ""))
 
 
 def _placeholder_png() -> str:
@@ -186,9 +194,7 @@ def build_app(manager: JobManager) -> gr.Blocks:
 
         def gallery_updates() -> dict:
             runs = manager.gallery()[:GALLERY_MAX]
-            items = [(str(r.image) if r.image else placeholder,
-                      f"{r.prompt} · {r.status}"
-                      + (f" {r.step}/{r.total}" if r.status == "stopped" else ""))
+            items = [(str(r.image) if r.image else placeholder, gallery_caption(r))
                      for r in runs]
             return {gallery: items, names: [r.name for r in runs]}
 
@@ -251,6 +257,8 @@ def build_app(manager: JobManager) -> gr.Blocks:
             rec = read_record(run_dir) or {}
             out = {**result_updates(run_dir), **viewer_updates(run_dir)}
             out[status] = f"Showing `{run_dir.name}` ({rec.get('status', 'running')})."
+            if (scored := score_text(run_dir)) is not None:   # `ism3d score` ran on it
+                out[status] += f" {scored}."
             return out
 
         queued = {"concurrency_limit": slots, "concurrency_id": "device",

@@ -7,7 +7,9 @@ index.json (format "ism3d-batch/1"):
     status (pending | running | done | failed | stopped), attempts, error, log, files (gif, ply,
     glb, mp4, views: paths relative to ROOT, only those that exist), wall_seconds,
     peak_memory_bytes, iterations, iterations_planned, num_gaussians, resumed_from_step,
-    started_at, finished_at, placement {host, pid, cuda_visible_devices}.
+    started_at, finished_at, placement {host, pid, cuda_visible_devices}; and, once `ism3d score`
+    or `ism3d bench` scored the run, score {clip_model, clip_score, clip_score_trimmed,
+    r_precision_views, r_precision_run, views, captions} (from RUN/clip_score.json).
 
 index.html is a self-contained gallery of the same entries (turntable GIF, prompt, seed, time,
 peak memory, status, error, links to the PLY/GLB and the log), with relative links, so ROOT can be
@@ -42,8 +44,27 @@ def make_index(entries: list[dict], prompts_file: str, updated_at: str) -> dict:
 def write_index(root: Path, index: dict) -> None:
     """Write ROOT/index.json and ROOT/index.html (each to a temporary name, then renamed)."""
     root = Path(root)
+    attach_scores(root, index)
     write_text_atomic(root / "index.json", json.dumps(index, indent=2) + "\n")
     write_text_atomic(root / "index.html", render_html(index))
+
+
+SCORE_KEYS = ("clip_model", "clip_score", "clip_score_trimmed", "r_precision_views",
+              "r_precision_run", "views", "captions")
+
+
+def attach_scores(root: Path, index: dict) -> None:
+    """Set entry["score"] from RUN/clip_score.json (`ism3d score`) where the run has a current
+    one; leave entries without one as they are."""
+    from ..score.runs import read_run_score
+
+    for e in index.get("runs", []):
+        rec = read_run_score(Path(root) / e["run"]) if e.get("run") else None
+        if rec is not None:
+            e["score"] = {k: (len(rec[k]["rank"]) if k == "views" else rec.get(k))
+                          for k in SCORE_KEYS}
+        else:
+            e.pop("score", None)
 
 
 def read_index(root: Path) -> dict | None:
@@ -72,6 +93,7 @@ body {{ font-family: system-ui, sans-serif; margin: 1.5em; background: #fafafa; 
           justify-content: center; background: #eee; color: #888; }}
 .prompt {{ font-weight: 600; margin: .4em 0; }}
 .meta, .links {{ font-size: .85em; color: #555; }}
+.score {{ font-size: .85em; color: #235; }}
 .error {{ font-size: .85em; color: #a00; white-space: pre-wrap; word-break: break-word; }}
 .status {{ font-size: .8em; padding: 0 .4em; border-radius: 3px; color: #fff; }}
 .done {{ background: #2a7; }} .failed {{ background: #c33; }} .running {{ background: #27c; }}
@@ -102,6 +124,13 @@ def _card(e: dict) -> str:
         meta.append(f"peak {_bytes(e['peak_memory_bytes'])}")
     if e.get("attempts", 0) > 1:
         meta.append(f"{e['attempts']} attempts")
+    sc = e.get("score")
+    score = ""
+    if sc and sc.get("clip_score") is not None:
+        score = (f'<div class="score" title="{esc(str(sc.get("clip_model")))}, '
+                 f'{sc.get("views")} views, {sc.get("captions")} captions">CLIP score '
+                 f'{sc["clip_score"]:.4f} &middot; R-precision '
+                 f'{100 * (sc.get("r_precision_views") or 0):.0f}% of views</div>')
     links = [f'<a href="{esc(files[k])}">{label}</a>' for k, label in
              (("ply", "PLY"), ("glb", "GLB"), ("mp4", "MP4")) if k in files]
     if e.get("log"):
@@ -111,7 +140,7 @@ def _card(e: dict) -> str:
     return (f'<div class="card" id="{esc(e["run"])}">{img}'
             f'<div class="prompt">{esc(e["prompt"])}</div>'
             f'<div class="meta"><span class="status {status}">{status}</span> '
-            f'{" &middot; ".join(meta)}</div>{error}'
+            f'{" &middot; ".join(meta)}</div>{score}{error}'
             f'<div class="links">{" &middot; ".join(links)}</div></div>')
 
 
