@@ -346,8 +346,8 @@ class OutputConfig:
     mesh_texture: bool = True
     # Texture side in texels
     texture_size: int = 1024
-    # Face budget of the textured mesh (the texture carries the colour detail; xatlas's unwrap
-    # time grows faster than the faces: ~5 s at 20k faces, ~2 min at 100k on a 2-core CPU)
+    # Face budget of the textured mesh, on top of mesh_faces (the texture carries the colour
+    # detail; xatlas's unwrap time grows faster than the faces: ~1-5 s at 20k, ~2 min at 100k)
     texture_faces: int = 20_000
     # How the texture's colours are baked: "render" (the gaussians rendered from 48 views and
     # projected onto the surface: ~2 dB closer to the gaussians' own renders, but 8-60 s of

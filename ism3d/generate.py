@@ -179,11 +179,10 @@ def export_outputs(result: TrainResult, cfg: C.Config, out: Path, device: torch.
         if o.gif:
             write_video(frames, out / "turntable.gif", fps=o.video_fps)
     if o.mesh:
-        from .export.mesh import MeshError, export_mesh
+        from .export.mesh import MeshError, export_mesh, face_budget
         try:
             export_mesh(g, out / "mesh.glb", resolution=o.mesh_resolution,
-                        faces=o.texture_faces if o.mesh_texture else o.mesh_faces,
-                        texture_size=o.texture_size if o.mesh_texture else 0,
+                        faces=face_budget(o), texture_size=o.texture_size if o.mesh_texture else 0,
                         texture_bake=o.texture_bake, device=device)
         except MeshError as e:
             return {"mesh_error": str(e)}

@@ -118,3 +118,17 @@ def test_render_and_project_bake_also_recovers_the_stripes(striped):
     assert err < 0.12, err
     with pytest.raises(M.MeshError, match="bake"):
         M.texture_mesh(mesh, g, 64, h=stats["h"], bake="paint")
+
+
+def test_face_budget_respects_both_limits():
+    from ism3d import config as C
+
+    toy = C.preset_config("toy").output
+    assert M.face_budget(toy) == min(toy.mesh_faces, toy.texture_faces) == 20_000
+    small = C.apply_overrides(C.preset_config("toy"), {"output.mesh_faces": 5000}).output
+    assert M.face_budget(small) == 5000                       # a preset's smaller budget wins
+    plain = C.apply_overrides(C.preset_config("toy"), {"output.mesh_texture": False}).output
+    assert M.face_budget(plain) == plain.mesh_faces           # vertex colours: as before
+    none = C.apply_overrides(C.preset_config("toy"), {"output.mesh_faces": 0,
+                                                      "output.texture_faces": 0}).output
+    assert M.face_budget(none) == 0

@@ -75,7 +75,7 @@ from .mesh_grid import (CLOSE_VOXELS, SHEET_FLOOR, DensityGrid, MeshError, _colo
 __all__ = [
     "MeshError", "MESH_EXTS", "WORLD_TO_FILE", "DensityGrid", "density_grid", "gaussians_to_mesh",
     "vertex_colors", "srgb_to_linear", "glb_bytes", "write_mesh", "export_mesh",
-    "export_mesh_from_ply", "texture_mesh", "SH_C0",
+    "export_mesh_from_ply", "texture_mesh", "face_budget", "SH_C0",
 ]
 
 _COLOR_K = 16                   # gaussians per vertex for the colours
@@ -278,6 +278,14 @@ def gaussians_to_mesh(gaussians: Gaussians, resolution: int = 256, faces: int = 
     st.update(grid=tuple(grid.values.shape), h=grid.h, gaussians=len(g), mc_faces=len(tris),
               faces=len(mesh.faces), vertices=len(mesh.vertices))
     return mesh
+
+
+def face_budget(out_cfg) -> int:
+    """The face budget `generate` meshes with: `output.mesh_faces`, and with a texture also at
+    most `output.texture_faces` (0 = no limit from that one; both 0 = no decimation)."""
+    budgets = [out_cfg.mesh_faces] + ([out_cfg.texture_faces] if out_cfg.mesh_texture else [])
+    budgets = [b for b in budgets if b > 0]
+    return min(budgets) if budgets else 0
 
 
 def texture_mesh(mesh, gaussians: Gaussians, size: int = 1024, min_opacity: float = 0.01,
