@@ -193,6 +193,10 @@ def test_cli_exports_each_format_from_a_third_party_ply(tmp_path, capsys):
     np.testing.assert_allclose(v["y"], raw["y"], atol=0.5 / 4096 + 1e-6)
     q, deg = load_ply(tmp_path / "a.ply")
     assert read_ply_frame(tmp_path / "a.ply") == "y-down" and deg == 3
+    # our PLY, frame comment and zero-padded SH included, reads in splat-transform too
+    w = splat_transform_to_ply(tmp_path / "a.ply", tmp_path / "back2.ply")
+    np.testing.assert_allclose(w["z"], raw["z"], atol=1e-6)
+    assert sum(k.startswith("f_rest_") for k in w) == 45
     torch.testing.assert_close(q["means"].detach(), p["means"], atol=1e-6, rtol=1e-5)
     assert "<script" in (tmp_path / "a.html").read_text()[:5000]
 
