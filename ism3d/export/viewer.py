@@ -10,8 +10,9 @@ Rendering, per frame (the 3DGS rasteriser's maths, Kerbl et al. 2023, in a verte
        J the perspective Jacobian [[f/z, 0, -f x/z^2], [0, f/z, -f y/z^2]]
     3. a screen quad along S''s eigenvectors, 3 sigma each way; the fragment's alpha is
        o exp(-1/2 d^T S'^-1 d) (d in sigma units), dropped below 1/255
-    4. splats sorted back to front by view depth (on the CPU, when the camera moved) and blended
-       with premultiplied alpha over a white background (our objects are trained on white)
+    4. splats sorted back to front by view depth (a linear-time counting sort on 16-bit depth
+       keys, on the CPU, when the camera moved) and blended with premultiplied alpha over a
+       white background (our objects are trained on white)
 
 Orbit controls: drag to turn, wheel (or pinch) to zoom, double-click to reset. The default camera
 looks at the object's front from the -z side, up = -y (the file frame's up), like SuperSplat's and
@@ -154,9 +155,17 @@ function draw() {
   if (!dirty) return;
   dirty = false;
   const {rows, t} = view();
-  const depth = new Float32Array(N);
-  for (let i = 0; i < N; i++) depth[i] = rows[2][0] * pos[3 * i] + rows[2][1] * pos[3 * i + 1] + rows[2][2] * pos[3 * i + 2];
-  const order = Uint32Array.from({length: N}, (_, i) => i).sort((a, b) => depth[b] - depth[a]);
+  // 4. back to front: a counting sort on 16-bit depth keys (linear time: millions of splats)
+  const depth = new Float32Array(N); let lo = Infinity, hi = -Infinity;
+  for (let i = 0; i < N; i++) {
+    const d = rows[2][0] * pos[3 * i] + rows[2][1] * pos[3 * i + 1] + rows[2][2] * pos[3 * i + 2];
+    depth[i] = d; if (d < lo) lo = d; if (d > hi) hi = d;
+  }
+  const k16 = new Uint16Array(N), counts = new Uint32Array(65537), sc = 65535 / (hi - lo || 1);
+  for (let i = 0; i < N; i++) { k16[i] = ((hi - depth[i]) * sc) | 0; counts[k16[i] + 1]++; }
+  for (let k = 1; k <= 65536; k++) counts[k] += counts[k - 1];
+  const order = new Uint32Array(N);
+  for (let i = 0; i < N; i++) order[counts[k16[i]]++] = i;
   for (let j = 0; j < N; j++) {
     const i = order[j];
     sPos.set(pos.subarray(3 * i, 3 * i + 3), 3 * j); sRgba.set(rgba.subarray(4 * i, 4 * i + 4), 4 * j);
