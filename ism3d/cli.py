@@ -26,8 +26,8 @@ presets:
 {presets}
 
 outputs (in --out, default outputs/<prompt>):
-  gaussians.ply  turntable.mp4  turntable.gif  views.png  mesh.glb  config.yaml  summary.json
-  checkpoints/  previews/
+  gaussians.ply  gaussians.spz  viewer.html  mesh.glb  turntable.mp4  turntable.gif  views.png
+  config.yaml  summary.json  checkpoints/  previews/
 
 run folders:
   One process writes a folder at a time (a lock the system drops when that process dies): a
@@ -131,30 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--fovy", type=float, default=0.55, help="vertical field of view, radians (0.55)")
     r.add_argument("--polar", type=float, default=90.0, help="polar angle in degrees (90 = equator)")
     r.add_argument("--device", default="auto", metavar="auto|cpu|cuda[:N]", help="where to render")
+    r.add_argument("--frame", choices=["y-down", "z-up"], default="y-down",
+                   help="frame of a PLY that does not name its own (ism3d's PLYs do): y-down, "
+                        "the 3DGS convention of other tools (default), or z-up")
 
-    out_defaults = C.OutputConfig()
-    e = sub.add_parser(
-        "export", help="triangle mesh (.glb or .obj) of a 3DGS PLY",
-        description="Mesh a standard 3DGS .ply: opacity-weighted gaussian density on a grid, "
-                    "marching cubes, small parts removed, decimated, vertex colours from the "
-                    "gaussians. Written y-up with the front facing +Z (glTF convention), in "
-                    "metres (1 world unit = 1 m).")
-    e.add_argument("ply", help="a 3DGS .ply (e.g. a run's gaussians.ply)")
-    e.add_argument("--out", required=True, metavar="FILE.(glb|obj)", help="output mesh")
-    e.add_argument("--resolution", type=int, default=out_defaults.mesh_resolution, metavar="N",
-                   help="grid samples along the scene's longest side "
-                        f"({out_defaults.mesh_resolution}; 512 for fine detail, slower)")
-    e.add_argument("--faces", type=int, default=out_defaults.mesh_faces, metavar="N",
-                   help=f"face budget after decimation ({out_defaults.mesh_faces}; 0 = no "
-                        "decimation)")
-    e.add_argument("--threshold", type=float, default=0.5, metavar="T",
-                   help="density level of the surface (0.5: matches the rendered alpha > 0.5 "
-                        "silhouette; lower gives a fatter mesh)")
-    e.add_argument("--min-opacity", type=float, default=0.01, metavar="O",
-                   help="ignore gaussians less opaque than this (0.01)")
-    e.add_argument("--keep-parts", type=float, default=0.1, metavar="F",
-                   help="drop connected pieces smaller than F x the largest one's area (0.1; "
-                        "1 = largest piece only, 0 = keep all)")
+    from .export.command import add_parser as add_export_parser
+    add_export_parser(sub)
 
     v = sub.add_parser(
         "eval", help="ToyWorld benchmark: ISM vs SDS against known 3D ground truth",
@@ -356,7 +338,7 @@ def cmd_render(args) -> int:
         device = resolve_device(args.device)
         written = render_eval(args.ply, out, modes=modes, views=args.views, size=args.size,
                               radius=args.radius, fovy=args.fovy, polar=args.polar,
-                              device=str(device))
+                              device=str(device), unmarked=args.frame)
     except (PlyError, C.ConfigError, ValueError) as e:
         return _fail(str(e))
     print(f"wrote {out}" + (f" ({len(written)} images)" if folder else ""))
@@ -364,30 +346,8 @@ def cmd_render(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export.mesh import MESH_EXTS, MeshError, export_mesh_from_ply
-    from .ply import PlyError
-
-    if Path(args.out).suffix.lower() not in MESH_EXTS:
-        return _fail(f"--out must end in {' or '.join(MESH_EXTS)} (got {args.out!r})")
-    if not Path(args.ply).is_file():
-        return _fail(f"no such file: {args.ply}")
-    if not 16 <= args.resolution <= 1024:
-        return _fail(f"--resolution must be between 16 and 1024 (got {args.resolution})")
-    if args.faces < 0 or args.threshold <= 0 or not 0 <= args.keep_parts <= 1 \
-            or not 0 <= args.min_opacity < 1:
-        return _fail("need --faces >= 0, --threshold > 0, --keep-parts in [0, 1] and "
-                     "--min-opacity in [0, 1)")
-    stats: dict = {}
-    try:
-        path = export_mesh_from_ply(args.ply, args.out, resolution=args.resolution,
-                                    faces=args.faces, threshold=args.threshold,
-                                    min_opacity=args.min_opacity, min_part=args.keep_parts,
-                                    stats=stats)
-    except (PlyError, MeshError) as e:
-        return _fail(str(e))
-    print(f"wrote {path}: {stats['faces']} faces, {stats['vertices']} vertices "
-          f"(grid {'x'.join(map(str, stats['grid']))})")
-    return 0
+    from .export.command import cmd_export as run
+    return run(args)
 
 
 def cmd_eval(args) -> int:

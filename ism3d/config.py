@@ -330,6 +330,30 @@ class OutputConfig:
     orient: bool = False
     # A turn is applied only if it lowers that loss by more than this fraction
     orient_margin: float = 0.003
+    # Coordinate frame of gaussians.ply: "y-down" (the 3DGS/COLMAP convention, -y up and the
+    # front towards -z: SuperSplat, splat-transform and gsplat viewers show it upright) or "z-up"
+    # (the trainer's own frame, front +x: the files before this option); ism3d/frames.py
+    frame: str = "y-down"
+    # Pad gaussians.ply's f_rest with zero coefficients up to this SH degree (3 for viewers that
+    # accept only degree-3 files; 0 = the scene's own degree)
+    ply_sh_degree: int = 0
+    # Write gaussians.spz (Niantic's SPZ: ~10x smaller than the PLY; ism3d/export/splats.py)
+    spz: bool = True
+    # Write viewer.html: one self-contained page that shows the splats offline with orbit controls
+    viewer: bool = True
+    # Bake a base-colour texture into mesh.glb (xatlas UV atlas, colour of the gaussian field at
+    # each texel); false: vertex colours (ism3d/export/mesh_texture.py)
+    mesh_texture: bool = True
+    # Texture side in texels
+    texture_size: int = 1024
+    # Face budget of the textured mesh, on top of mesh_faces (the texture carries the colour
+    # detail; xatlas's unwrap time grows faster than the faces: ~1-5 s at 20k, ~2 min at 100k)
+    texture_faces: int = 20_000
+    # How the texture's colours are baked: "render" (the gaussians rendered from 48 views and
+    # projected onto the surface: ~2 dB closer to the gaussians' own renders, but 8-60 s of
+    # rendering on a CPU), "field" (the gaussian field's colour at each texel: seconds), "auto"
+    # (render on a GPU, field on the CPU)
+    texture_bake: str = "auto"
 
 
 @dataclass
@@ -563,6 +587,12 @@ def validate(cfg: Config, latent_prior: bool | None = None) -> None:
     need(not out.orient or i.sh_degree == 0, "output.orient",
          "turns SH degree 0 scenes only: set init.sh_degree=0 or output.orient=false")
     need(0 <= out.orient_margin < 1, "output.orient_margin", "must be in [0, 1)")
+    need(out.frame in ("y-down", "z-up"), "output.frame", "must be y-down or z-up")
+    need(0 <= out.ply_sh_degree <= 3, "output.ply_sh_degree", "must be 0..3")
+    need(16 <= out.texture_size <= 8192, "output.texture_size", "must be between 16 and 8192")
+    need(out.texture_faces >= 0, "output.texture_faces", "must be >= 0 (0 = no decimation)")
+    need(out.texture_bake in ("auto", "render", "field"), "output.texture_bake",
+         "must be auto, render or field")
 
 
 def _get(cfg: Config, key: str) -> Any:

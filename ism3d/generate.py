@@ -1,7 +1,10 @@
 """`generate`: prompt -> run folder. The one function the CLI, the web app and the batch runner call.
 
 A run folder holds:
-    gaussians.ply      standard 3DGS layout (any 3DGS viewer opens it)
+    gaussians.ply      standard 3DGS layout (any 3DGS viewer opens it; upright: output.frame)
+    gaussians.spz      the same gaussians as Niantic's SPZ (output.spz)
+    viewer.html        a self-contained offline viewer of the splats (output.viewer)
+    mesh.glb           textured triangle mesh (output.mesh, output.mesh_texture)
     turntable.mp4/.gif the fixed evaluation ring, `output.video_frames` frames
     views.png          8 ring views in a 4x2 grid
     config.yaml        the fully resolved config (`--config DIR/config.yaml` reproduces the run)
@@ -308,16 +311,20 @@ def orient_result(result: TrainResult, cfg: C.Config, prompt: str, prior) -> tup
 
 
 def export_outputs(result: TrainResult, cfg: C.Config, out: Path, device: torch.device) -> dict:
-    """Write gaussians.ply, views.png, turntable.mp4/.gif and mesh.glb. Returns notes for the
-    summary (e.g. why no mesh could be made: an all-transparent result is not a failed run)."""
+    """Write gaussians.ply/.spz, viewer.html, views.png, turntable.mp4/.gif and mesh.glb. Returns
+    notes for the summary (e.g. why no mesh could be made: an all-transparent result is not a
+    failed run)."""
     from .cameras import eval_ring
+    from .export.splat_outputs import write_splat_outputs
     from .export.video import render_ring_frames, views_grid, write_png, write_video
     from .ply import save_ply
     from .scene import activate
 
-    save_ply(out / "gaussians.ply", result.params, result.sh_degree)
-    g = activate(result.params, result.sh_degree)
     o, cam = cfg.output, cfg.camera
+    save_ply(out / "gaussians.ply", result.params, result.sh_degree, frame=o.frame,
+             pad_degree=o.ply_sh_degree)
+    write_splat_outputs(result.params, result.sh_degree, o, out)     # gaussians.spz, viewer.html
+    g = activate(result.params, result.sh_degree)
     white = torch.ones(3, device=device)
     views = eval_ring(8, o.video_size, o.video_size, cam.eval_radius, cam.eval_fovy,
                       polar=cam.eval_polars[0]).to(device)
@@ -331,9 +338,11 @@ def export_outputs(result: TrainResult, cfg: C.Config, out: Path, device: torch.
         if o.gif:
             write_video(frames, out / "turntable.gif", fps=o.video_fps)
     if o.mesh:
-        from .export.mesh import MeshError, export_mesh
+        from .export.mesh import MeshError, export_mesh, face_budget
         try:
-            export_mesh(g, out / "mesh.glb", resolution=o.mesh_resolution, faces=o.mesh_faces)
+            export_mesh(g, out / "mesh.glb", resolution=o.mesh_resolution,
+                        faces=face_budget(o), texture_size=o.texture_size if o.mesh_texture else 0,
+                        texture_bake=o.texture_bake, device=device)
         except MeshError as e:
             return {"mesh_error": str(e)}
     return {}

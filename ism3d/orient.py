@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from .cameras import orbit_cameras
-from .export.splat_view import quat_multiply
+from .frames import quat_multiply
 from .guidance.ddim import q_sample
 from .guidance.prompts import ViewPrompts
 from .render import render

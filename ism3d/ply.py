@@ -16,6 +16,13 @@ transposes to [N, 3, K-1] and flattens): all K-1 coefficients of R, then those o
 
     f_rest_{c * (K-1) + k} = shN[:, k, c]        c in {0: R, 1: G, 2: B}, k in 0..K-2
 
+Frame. Our writer marks the coordinate frame of the gaussians in the header, one comment line
+`comment ism3d frame F` (F in y-down, z-up, y-up; ism3d/frames.py), and turns them from the
+trainer's world (z-up) into F; `load_ply` reads the mark and turns them back, so every caller
+sees the world frame whatever the file holds. A file without the mark (other tools' PLYs, ours
+before the mark existed) is read in the frame the caller names (`unmarked=`, z-up by default:
+the raw values).
+
 Reading accepts ascii, binary_little_endian and binary_big_endian files with any scalar vertex
 properties (`read_ply_vertices`); list properties (mesh faces) are parsed only to skip them.
 """
@@ -34,7 +41,7 @@ from .atomic import atomic_write
 
 __all__ = [
     "PlyError", "PlyElement", "PlyHeader", "read_ply_header", "read_ply_vertices",
-    "gs_property_names", "is_gaussian_ply", "save_ply", "load_ply",
+    "gs_property_names", "is_gaussian_ply", "save_ply", "load_ply", "read_ply_frame",
 ]
 
 GS_KEYS = ("means", "scales", "quats", "opacities", "sh0", "shN")
@@ -82,6 +89,7 @@ class PlyHeader:
     format: str              # ascii | binary_little_endian | binary_big_endian
     elements: list[PlyElement]
     data_offset: int         # byte offset of the first data byte (just after end_header\n)
+    comments: list[str] = field(default_factory=list)   # text after `comment `, in order
 
     def element(self, name: str) -> PlyElement | None:
         return next((e for e in self.elements if e.name == name), None)
@@ -126,8 +134,11 @@ def read_ply_header(path: str | os.PathLike) -> PlyHeader:
 
     fmt = None
     elements: list[PlyElement] = []
+    comments: list[str] = []
     for line in lines:
         words = line.split()
+        if words and words[0] == "comment":
+            comments.append(line[len("comment"):].strip())
         if not words or words[0] in ("comment", "obj_info"):
             continue
         if words[0] == "format":
@@ -153,7 +164,7 @@ def read_ply_header(path: str | os.PathLike) -> PlyHeader:
             raise PlyError(f"{path}: unknown PLY header line {line!r}")
     if fmt is None:
         raise PlyError(f"{path}: PLY header has no format line")
-    return PlyHeader(path, fmt, elements, data_offset)
+    return PlyHeader(path, fmt, elements, data_offset, comments)
 
 
 def _skip_binary_element(buf: memoryview, offset: int, el: PlyElement, bo: str, path: str) -> int:
@@ -298,7 +309,8 @@ def is_gaussian_ply(path: str | os.PathLike) -> bool:
     return True
 
 
-def save_ply(path: str | os.PathLike, params: Mapping[str, Tensor], sh_degree: int) -> None:
+def save_ply(path: str | os.PathLike, params: Mapping[str, Tensor], sh_degree: int,
+             frame: str = "z-up", pad_degree: int | None = None) -> None:
     """Write gaussians in the INRIA 3DGS layout (binary little-endian float32), atomically.
 
     Args:
@@ -307,12 +319,27 @@ def save_ply(path: str | os.PathLike, params: Mapping[str, Tensor], sh_degree: i
         params: a ParameterDict (or dict of tensors) of raw parameters:
             means [N, 3], scales [N, 3] (log), quats [N, 4] (raw w x y z), opacities [N] (logit),
             sh0 [N, 1, 3], shN [N, K-1, 3] with K = (sh_degree + 1)^2.
-        sh_degree: SH degree the file is written with (must match shN).
+        sh_degree: SH degree of the params (must match shN).
+        frame: the file's frame (ism3d/frames.py): "z-up" writes the world-frame values as they
+            are (bitwise), "y-down" (the 3DGS viewers' convention) or "y-up" turns them first.
+            Either way the header says which (`comment ism3d frame F`).
+        pad_degree: write at least this SH degree, the extra f_rest coefficients zero (some
+            viewers accept only degree-3 files); None or <= sh_degree writes sh_degree.
     """
+    from .frames import to_frame
+
     missing = [k for k in GS_KEYS if k not in params]
     if missing:
         raise ValueError(f"save_ply: params lack {', '.join(missing)}")
+    if pad_degree is not None and not 0 <= pad_degree <= 3:
+        raise ValueError(f"save_ply: pad_degree must be 0..3, got {pad_degree}")
     t = {k: params[k].detach().to("cpu", torch.float32) for k in GS_KEYS}
+    if frame != "z-up":
+        t = {k: v.to(torch.float32) for k, v in to_frame(t, frame).items()}
+    if pad_degree is not None and pad_degree > sh_degree:
+        n, k1 = t["shN"].shape[0], (pad_degree + 1) ** 2 - 1
+        t["shN"] = torch.cat([t["shN"], torch.zeros(n, k1 - t["shN"].shape[1], 3)], 1)
+        sh_degree = pad_degree
     n = t["means"].shape[0]
     k1 = (sh_degree + 1) ** 2 - 1
     assert t["means"].shape == (n, 3), t["means"].shape
@@ -331,7 +358,8 @@ def save_ply(path: str | os.PathLike, params: Mapping[str, Tensor], sh_degree: i
     names = gs_property_names(sh_degree)
     assert cols.shape == (n, len(names))
     body = np.ascontiguousarray(cols.numpy(), dtype="<f4").tobytes()
-    head = "".join(["ply\n", "format binary_little_endian 1.0\n", f"element vertex {n}\n"]
+    head = "".join(["ply\n", "format binary_little_endian 1.0\n", f"comment ism3d frame {frame}\n",
+                    f"element vertex {n}\n"]
                    + [f"property float {name}\n" for name in names] + ["end_header\n"])
 
     def write(tmp: str) -> None:
@@ -344,14 +372,28 @@ def save_ply(path: str | os.PathLike, params: Mapping[str, Tensor], sh_degree: i
     atomic_write(path, write)
 
 
-def load_ply(path: str | os.PathLike) -> tuple[torch.nn.ParameterDict, int]:
-    """Read a 3DGS PLY (any PLY format) back into raw parameters.
+def read_ply_frame(path: str | os.PathLike) -> str | None:
+    """The frame our writer marked in the header (`comment ism3d frame F`), or None."""
+    from .frames import FRAMES
+
+    for c in read_ply_header(path).comments:
+        words = c.split()
+        if len(words) == 3 and words[:2] == ["ism3d", "frame"] and words[2] in FRAMES:
+            return words[2]
+    return None
+
+
+def load_ply(path: str | os.PathLike, unmarked: str = "z-up") -> tuple[torch.nn.ParameterDict, int]:
+    """Read a 3DGS PLY (any PLY format) back into raw parameters, in the world frame (z-up).
 
     Returns:
         (params, sh_degree): a ParameterDict with means [N, 3], scales [N, 3], quats [N, 4],
         opacities [N], sh0 [N, 1, 3], shN [N, K-1, 3] (float32, on the CPU), and the SH degree
-        given by the number of f_rest_* properties. A file written by `save_ply` reads back
-        bitwise equal.
+        given by the number of f_rest_* properties. A file written by `save_ply` in frame z-up
+        reads back bitwise equal; one in another frame is turned back (float64, then rounded).
+    Args:
+        unmarked: the frame of a file without our mark (frames.FRAMES), e.g. "y-down" for a
+            PLY made by another 3DGS tool.
 
     Raises:
         PlyError: not a PLY, truncated, or missing the 3DGS properties.
@@ -375,4 +417,8 @@ def load_ply(path: str | os.PathLike) -> tuple[torch.nn.ParameterDict, int]:
         # channel-major [N, 3*(K-1)] -> [N, 3, K-1] -> [N, K-1, 3]
         "shN": rest.reshape(n, 3, k1).transpose(1, 2).contiguous(),
     }
+    frame = read_ply_frame(path) or unmarked
+    if frame != "z-up":
+        from .frames import from_frame
+        tensors = {k: v.to(torch.float32).contiguous() for k, v in from_frame(tensors, frame).items()}
     return torch.nn.ParameterDict({k: torch.nn.Parameter(x) for k, x in tensors.items()}), deg

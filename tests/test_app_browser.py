@@ -146,7 +146,8 @@ def _bars_run(root: Path) -> None:
     run = root / "bars"
     save_ply(run / "gaussians.ply", {
         "means": means, "scales": torch.full((n, 3), math.log(0.04)), "quats": torch.tensor([[1.0, 0, 0, 0]]).expand(n, 4),
-        "opacities": torch.full((n,), 4.0), "sh0": rgb_to_sh0(rgb)[:, None], "shN": torch.zeros(n, 0, 3)}, 0)
+        "opacities": torch.full((n,), 4.0), "sh0": rgb_to_sh0(rgb)[:, None], "shN": torch.zeros(n, 0, 3)}, 0,
+        frame="y-down")                              # as generate writes it (output.frame)
     Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(run / "views.png")
     (run / "summary.json").write_text(json.dumps({"prompt": "bars", "status": "done", "iterations": 1,
                                                   "iterations_planned": 1}))
@@ -185,4 +186,4 @@ def test_splat_viewer_shows_the_object_upright_on_white(app, page):
     assert bw > 2.5 * bh, (bw, bh)                  # a level axis stays level
     corner = img[-16:-6, 6:16]                     # (the top corners hold the label and button)
     assert corner.min() > 240, corner.min()        # on white, not black
-    assert (manager.root / "bars" / "viewer" / "gaussians.ply").is_file()
+    assert not (manager.root / "bars" / "viewer").exists()     # no turned copy: the run's own file

@@ -379,7 +379,7 @@ def test_cli_export_writes_a_loadable_mesh_and_replaces_atomically(tmp_path, cap
     out.parent.mkdir()
     out.write_bytes(b"old")
     rc, stdout, err = run_cli(capsys, "export", str(ply), "--out", str(out), "--resolution", "48",
-                              "--faces", "1500")
+                              "--faces", "1500", "--texture", "128")
     assert rc == 0, err
     assert "faces" in stdout
     m = trimesh.load(out, force="mesh")

@@ -18,7 +18,7 @@ from ism3d.render import render
 from ism3d.scene import activate, deactivate
 from ism3d.toyworld.world import make_object
 
-from test_splat_view import random_params, rotmat
+from test_frames import random_params, rotmat
 
 
 def test_turn_params_turns_means_and_axes_and_keeps_the_rest():

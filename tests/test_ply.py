@@ -30,7 +30,7 @@ def parse_independently(path) -> tuple[list[str], np.ndarray]:
     """Header lines by hand, then the body as a plain little-endian float32 matrix."""
     raw = open(path, "rb").read()
     end = raw.index(b"end_header\n") + len(b"end_header\n")
-    lines = raw[:end].decode("ascii").splitlines()
+    lines = [ln for ln in raw[:end].decode("ascii").splitlines() if not ln.startswith("comment ")]
     assert lines[0] == "ply" and lines[1] == "format binary_little_endian 1.0"
     n = int(lines[2].split()[2])
     props = [ln.split() for ln in lines[3:-1]]

@@ -3,9 +3,9 @@
 Layout: the form (prompt, negative prompt, preset, prior, guidance and scale, seed, iterations,
 preview interval, KEY=VALUE overrides) with Generate / Cancel / Resume and a live status line
 (step/total, loss, gaussian count, s/step, ETA) above the newest training preview; the result (the
-gaussians — a copy turned upright for Gradio's splat viewer, `export/splat_view.py` — and the mesh
-in Gradio's Model3D viewers, on white; the turntable video, the 8-view grid, download
-buttons for PLY, GLB, MP4 and summary.json); and the gallery of runs in ROOT, newest first.
+gaussians — gaussians.ply itself, written upright in the 3DGS viewers' frame, ism3d/frames.py —
+and the textured mesh in Gradio's Model3D viewers, on white; the turntable video, the 8-view grid,
+download buttons for PLY, SPZ, the offline viewer.html, GLB, MP4 and summary.json); and the gallery of runs in ROOT, newest first.
 
 Queue: Generate and Resume share one Gradio concurrency group whose limit is the number of device
 slots (1 on a CPU or one GPU), so jobs run one at a time per GPU and the others see their place in
@@ -30,7 +30,6 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import gradio as gr
 
 from .. import config as C
-from ..export.splat_view import viewer_ply
 from ..score.runs import score_text
 from .form import (MAX_FIELD_CHARS, MAX_OVERRIDES_CHARS, UI_MAX_PROMPT_CHARS, AppError, JobRequest,
                    one_line)
@@ -144,6 +143,8 @@ def build_app(manager: JobManager) -> gr.Blocks:
                                      height=260, elem_id="views")
                 with gr.Row():
                     dl_ply = gr.DownloadButton("gaussians.ply", visible=False, elem_id="dl-ply")
+                    dl_spz = gr.DownloadButton("gaussians.spz", visible=False, elem_id="dl-spz")
+                    dl_html = gr.DownloadButton("viewer.html", visible=False, elem_id="dl-html")
                     dl_glb = gr.DownloadButton("mesh.glb", visible=False, elem_id="dl-glb")
                     dl_mp4 = gr.DownloadButton("turntable.mp4", visible=False, elem_id="dl-mp4")
                     dl_sum = gr.DownloadButton("summary.json", visible=False,
@@ -158,7 +159,8 @@ def build_app(manager: JobManager) -> gr.Blocks:
 
         form = [prompt, negative, preset, prior, guidance, scale, seed, iters, preview_every,
                 overrides]
-        result = [video, views, dl_ply, dl_glb, dl_mp4, dl_sum, summary, selected, resume_btn]
+        result = [video, views, dl_ply, dl_spz, dl_html, dl_glb, dl_mp4, dl_sum, summary, selected,
+                  resume_btn]
         viewers = [splat, mesh]
         job_outputs = [status, preview, gallery, names, *result]
 
@@ -171,9 +173,15 @@ def build_app(manager: JobManager) -> gr.Blocks:
             def dl(path):
                 return gr.DownloadButton(value=str(path) if path else None, visible=bool(path))
 
+            def beside(name):          # written by generate next to gaussians.ply (when enabled)
+                p = run_dir / name if run_dir is not None else None
+                return p if p is not None and p.is_file() else None
+
             stopped = bool(rec and rec.get("status") == "stopped" and f.checkpoint)
             return {video: _str(f and f.mp4), views: _str(f and f.views),
-                    dl_ply: dl(f and f.ply), dl_glb: dl(f and f.glb), dl_mp4: dl(f and f.mp4),
+                    dl_ply: dl(f and f.ply), dl_spz: dl(beside("gaussians.spz")),
+                    dl_html: dl(beside("viewer.html")), dl_glb: dl(f and f.glb),
+                    dl_mp4: dl(f and f.mp4),
                     dl_sum: dl(f and f.summary), summary: rec,
                     selected: run_dir.name if run_dir is not None else None,
                     resume_btn: gr.Button(visible=stopped)}
@@ -183,8 +191,7 @@ def build_app(manager: JobManager) -> gr.Blocks:
             6.31 a .glb yielded by a generator never gets its Babylon canvas (a frontend race),
             so the job events chain `show_viewers` after the generator."""
             f = run_files(run_dir) if run_dir is not None else None
-            turned = viewer_ply(run_dir) if f and f.ply else None   # z-up -> the viewer's up
-            return {splat: _str(turned), mesh: _str(f and f.glb)}
+            return {splat: _str(f and f.ply), mesh: _str(f and f.glb)}
 
         def gallery_updates() -> dict:
             runs = manager.gallery()[:GALLERY_MAX]

@@ -179,8 +179,9 @@ def render_ring_frames(gaussians: Gaussians, cams: CameraBatch, background, chun
 def render_turntable(ply_path: str | os.PathLike, out_path: str | os.PathLike, frames: int = 120,
                      size: int = 512, radius: float = 3.5, fovy: float = 0.55, polar: float = 90.0,
                      background: Sequence[float] = (1.0, 1.0, 1.0), device: str = "cpu",
-                     fps: float = 30, backend: str = "auto") -> Path:
+                     fps: float = 30, backend: str = "auto", unmarked: str = "z-up") -> Path:
     """Render a 3DGS PLY on a ring of cameras and write a video or an 8-view grid.
+    `unmarked`: the frame of a PLY that does not name its own (ply.load_ply).
 
     The extension of `out_path` picks the output: .mp4 / .gif -> a turntable of `frames` views
     (starting at the front, counter-clockwise seen from above); .png -> the 8 views at
@@ -210,7 +211,7 @@ def render_turntable(ply_path: str | os.PathLike, out_path: str | os.PathLike, f
         raise ExportError(f"cannot write {out_path}: the extension must be one of {', '.join(allowed)}")
     if frames < 1:
         raise ExportError(f"frames must be at least 1, got {frames}")
-    params, sh_degree = load_ply(ply_path)
+    params, sh_degree = load_ply(ply_path, unmarked=unmarked)
     params = params.to(device)
     gaussians = activate(params, sh_degree)
     n = 8 if ext in IMAGE_EXTS else frames

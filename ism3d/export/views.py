@@ -191,8 +191,9 @@ def write_view_folder(images: dict[str, np.ndarray], folder: str | os.PathLike) 
 def render_eval(ply_path: str | os.PathLike, out: str | os.PathLike, modes=("rgb",),
                 views: int = 120, size: int = 512, radius: float = 3.5, fovy: float = 0.55,
                 polar: float = 90.0, background=(1.0, 1.0, 1.0), device: str = "cpu",
-                fps: float = 30, backend: str = "auto") -> list[Path]:
+                fps: float = 30, backend: str = "auto", unmarked: str = "z-up") -> list[Path]:
     """Render a 3DGS PLY on the eval ring and write what `out` asks for (`ism3d render`).
+    `unmarked`: the frame of a PLY that does not name its own (ply.load_ply).
 
     - `out` a folder (an existing folder, or a path without extension): `{mode}_{k}.png` for
       every mode and each of the `views` views (GPTEval3D: 120 views, 512, rgb + normal);
@@ -235,7 +236,7 @@ def render_eval(ply_path: str | os.PathLike, out: str | os.PathLike, modes=("rgb
         raise ExportError(f"a {ext} file shows one mode, got {len(modes)}: use a folder")
     if views < 1:
         raise ExportError(f"views must be at least 1, got {views}")
-    params, sh_degree = load_ply(ply_path)
+    params, sh_degree = load_ply(ply_path, unmarked=unmarked)
     with torch.no_grad():
         gaussians = activate(params.to(device), sh_degree)
     n = 8 if ext in IMAGE_EXTS else views
