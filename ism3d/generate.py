@@ -41,7 +41,6 @@ from . import __version__
 from . import config as C
 from .atomic import ensure_writable_dir, remove_stale_temps, write_text_atomic
 from .runlock import LOCK_FILE, RunBusy, RunLock, lock_run_dir
-from .safeyaml import load_config_file
 from .train import TrainResult, load_resume_checkpoint, resolve_device, train
 
 MAX_PROMPT_CHARS = 1000
@@ -237,7 +236,7 @@ def _check_folder(out: Path, prompt: str, cfg: C.Config, *, resume: bool, force:
             raise RunError(f"--resume: no checkpoint in {out / 'checkpoints'} but the folder holds "
                            f"{extra[0]}: use --force to start the run again")
         if (out / "config.yaml").is_file():
-            saved_cfg = load_config_file(out / "config.yaml")
+            saved_cfg = C.load_config_file(out / "config.yaml")
     elif saved["prompt"] != prompt:
         raise RunError(f"--resume: {out} holds a run for {saved['prompt']!r}, not {prompt!r}")
     if saved_cfg is not None and C.to_dict(saved_cfg) != C.to_dict(cfg):

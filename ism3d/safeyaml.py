@@ -40,11 +40,6 @@ def load_yaml(path: str | Path, what: str = "config file") -> dict:
     return data
 
 
-def load_config_file(path: str | Path, what: str = "config file") -> C.Config:
-    """`config.load_config_file`, through `load_yaml`'s limits."""
-    return C.from_dict(load_yaml(path, what))
-
-
 def _check_expanded_size(data, path: Path, what: str) -> None:
     """ConfigError if `data`, with every alias expanded, holds more than MAX_VALUES values."""
     stack, seen = [data], 0

@@ -14,7 +14,6 @@ from pathlib import Path
 from .. import config as C
 from ..generate import slugify
 from ..runlock import LOCK_FILE
-from ..safeyaml import load_config_file
 from ..train import CHECKPOINT, has_checkpoint, load_resume_checkpoint
 from .form import AppError
 
@@ -144,7 +143,7 @@ def saved_run(run_dir: Path) -> tuple[str, C.Config, str]:
         raise AppError(f"run {run_dir.name!r} is finished: there is nothing to resume")
     if not has_checkpoint(run_dir):
         raise AppError(f"run {run_dir.name!r} has no checkpoint to resume from")
-    cfg = load_config_file(run_dir / "config.yaml")
+    cfg = C.load_config_file(run_dir / "config.yaml")
     rec = read_record(run_dir) or {}
     prompt = rec.get("prompt")
     if not isinstance(prompt, str):

@@ -31,7 +31,6 @@ from typing import Callable
 
 from .. import config as C
 from ..errors import one_line
-from ..safeyaml import load_config_file
 
 STOP_FILE = ".batch/STOP"
 
@@ -140,7 +139,7 @@ def finished_summary(out: Path, prompt: str, cfg: C.Config) -> dict | None:
 
 def _same_config(out: Path, cfg: C.Config) -> bool:
     try:
-        return C.to_dict(load_config_file(out / "config.yaml")) == C.to_dict(cfg)
+        return C.to_dict(C.load_config_file(out / "config.yaml")) == C.to_dict(cfg)
     except C.ConfigError:
         return False
 

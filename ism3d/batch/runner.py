@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Callable
 
 from .. import config as C
-from ..safeyaml import load_config_file
 from .gallery import make_index, output_files, read_index, write_index
 from .job import STOP_FILE, finished_summary
 from .spec import BatchError, JobSpec
@@ -55,7 +54,7 @@ def check_existing(jobs: list[JobSpec], root: Path, prompts_file: str, *,
         why = None
         if (out / "config.yaml").is_file():
             try:
-                saved = C.to_dict(load_config_file(out / "config.yaml"))
+                saved = C.to_dict(C.load_config_file(out / "config.yaml"))
             except C.ConfigError:
                 saved = None
             want = C.to_dict(job.cfg)
