@@ -271,3 +271,23 @@ def test_turntable_rejects_unknown_extension_before_loading(tmp_path):
     with pytest.raises(ExportError, match=r"\.mp4, \.gif, \.png"):
         V.render_turntable(tmp_path / "does-not-exist.ply", tmp_path / "out.webm")
     assert os.listdir(tmp_path) == []
+
+
+def test_render_refuses_empty_or_non_finite_gaussians(tmp_path):
+    """`ism3d render` of a PLY with no gaussians or NaN values: one ExportError, nothing written."""
+    from ism3d.export.views import render_eval
+    from ism3d.ply import save_ply
+    from ism3d.scene import init_params
+    from ism3d.config import InitConfig
+
+    params = init_params(InitConfig(num_points=50), torch.Generator().manual_seed(0))
+    empty = {k: v.detach()[:0] for k, v in params.items()}
+    save_ply(tmp_path / "empty.ply", empty, 0)
+    with pytest.raises(ExportError, match="no gaussians"):
+        render_eval(tmp_path / "empty.ply", tmp_path / "a.png")
+    bad = {k: v.detach().clone() for k, v in params.items()}
+    bad["opacities"][3] = float("nan")
+    save_ply(tmp_path / "nan.ply", bad, 0)
+    with pytest.raises(ExportError, match="opacities hold NaN"):
+        render_eval(tmp_path / "nan.ply", tmp_path / "b.png")
+    assert not (tmp_path / "a.png").exists() and not (tmp_path / "b.png").exists()

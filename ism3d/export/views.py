@@ -237,6 +237,11 @@ def render_eval(ply_path: str | os.PathLike, out: str | os.PathLike, modes=("rgb
     if views < 1:
         raise ExportError(f"views must be at least 1, got {views}")
     params, sh_degree = load_ply(ply_path, unmarked=unmarked)
+    if params["means"].shape[0] == 0:
+        raise ExportError(f"{ply_path} holds no gaussians: nothing to render")
+    bad = [k for k, v in params.items() if not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ExportError(f"{ply_path}: the gaussians' {', '.join(bad)} hold NaN or infinite values")
     with torch.no_grad():
         gaussians = activate(params.to(device), sh_degree)
     n = 8 if ext in IMAGE_EXTS else views
