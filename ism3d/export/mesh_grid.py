@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ..render.sh import SH_C0
+from ..render.torch_backend import quat_to_rotmat
 from ..types import Gaussians
 
 __all__ = ["MeshError", "DensityGrid", "density_grid", "CUTOFF", "SHEET_FLOOR", "CLOSE_VOXELS",
@@ -61,19 +62,9 @@ def _check_gaussians(g: Gaussians) -> None:
                             "broken, re-run or resume the generation")
 
 
-def _rotations(quats: Tensor) -> Tensor:
-    """[N, 4] (w, x, y, z) -> [N, 3, 3] rotation matrices (normalised first)."""
-    w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], dim=-1).reshape(-1, 3, 3)
-
-
 def _covariances(g: Gaussians, floor: float) -> tuple[Tensor, Tensor]:
     """(S [N, 3, 3], S^-1 [N, 3, 3]) in float64, S = R diag(s^2 + floor^2) R^T."""
-    R = _rotations(g.quats.double())                        # [N, 3, 3]
+    R = quat_to_rotmat(g.quats.double())                        # [N, 3, 3]
     var = g.scales.double() ** 2 + floor ** 2               # [N, 3]
     cov = R @ (var[:, :, None] * R.transpose(1, 2))         # [N, 3, 3]
     inv = R @ ((1.0 / var)[:, :, None] * R.transpose(1, 2))
@@ -184,7 +175,7 @@ def _splat_group(grid: Tensor, g: Gaussians, origin: np.ndarray, h: float, shape
     """Add the kernels of gaussians `g` to the flat grid [X*Y*Z] in place."""
     _, Y, Z = shape
     dims = torch.tensor(shape)
-    R = _rotations(g.quats.double())  # [N, 3, 3] axes = columns
+    R = quat_to_rotmat(g.quats.double())  # [N, 3, 3] axes = columns
     sd = torch.sqrt(g.scales.double() ** 2 + floor ** 2)                   # [N, 3] principal stds
     cov = R @ ((sd ** 2)[:, :, None] * R.transpose(1, 2))                  # [N, 3, 3]
     inv = R @ ((1.0 / sd ** 2)[:, :, None] * R.transpose(1, 2))
