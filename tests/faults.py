@@ -140,3 +140,15 @@ if __name__ == "__main__":
     arm(spec)
     from ism3d.cli import main
     sys.exit(main(argv))
+
+
+def one_error_line(err: str) -> str:
+    """The single non-empty line of a refusal's stderr (asserting there is one, no traceback)."""
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def same_ply(out: Path, reference: Path) -> bool:
+    """Whether a run folder's gaussians.ply is byte-identical to the reference run's."""
+    return (out / "gaussians.ply").read_bytes() == (reference / "gaussians.ply").read_bytes()

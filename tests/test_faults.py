@@ -22,23 +22,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from faults import FAST_RUN, PROMPT, arm, generate, reference_run
+from faults import FAST_RUN, PROMPT, arm, generate, one_error_line, reference_run, same_ply
 from ism3d.cli import main
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
     return reference_run(tmp_path_factory)
-
-
-def one_error_line(err: str) -> str:
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
-
-
-def same_ply(out: Path, reference: Path) -> bool:
-    return (out / "gaussians.ply").read_bytes() == (reference / "gaussians.ply").read_bytes()
 
 
 def snapshot(folder: Path) -> dict:

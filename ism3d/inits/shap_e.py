@@ -121,7 +121,7 @@ def resolve_shap_e(name: str, offline: bool = False) -> str:
     Raises:
         InitError: a missing or incomplete folder; a hub id neither cached nor reachable.
     """
-    from ..priors.stable_diffusion import hub_offline, hub_reachable
+    from ..priors.locate import cached_or_reachable
 
     name = name.strip()
     if not name:
@@ -136,12 +136,7 @@ def resolve_shap_e(name: str, offline: bool = False) -> str:
             raise InitError(f"init.model {name} is not a complete Shap-E pipeline folder: "
                             f"missing {', '.join(missing)} (config or weights)")
         return str(path.resolve())
-    snap = _cached_snapshot(name)
-    if snap is not None:
-        return str(snap)
-    if offline or hub_offline() or not hub_reachable():
-        raise _offline_error(name)
-    return name
+    return cached_or_reachable(name, offline, _cached_snapshot, _offline_error)
 
 
 def _cached_snapshot(repo_id: str) -> Path | None:

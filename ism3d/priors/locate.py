@@ -22,6 +22,7 @@ import re
 import socket
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -79,6 +80,19 @@ def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
     th.start()
     th.join(timeout + 0.5)
     return bool(ok)
+
+
+def cached_or_reachable(repo_id: str, offline: bool, cached: Callable[[str], Path | None],
+                        offline_error: Callable[[str], Exception]) -> str:
+    """The one offline policy for every hub id ism3d loads (priors, Shap-E, CLIP): the id's
+    HF-cache snapshot folder if `cached(repo_id)` finds a usable one (no network); else the id
+    itself when the hub can be reached (a ~3 s probe, skipped offline); else `offline_error(id)`."""
+    snap = cached(repo_id)
+    if snap is not None:
+        return str(snap)
+    if offline or hub_offline() or not hub_reachable():
+        raise offline_error(repo_id)
+    return repo_id
 
 
 def _offline_error(repo_id: str) -> PriorError:
@@ -214,12 +228,7 @@ def resolve_prior(name: str, offline: bool = False) -> str:
         return str(path.resolve())
     if _looks_like_path(name):
         raise PriorError(f"no such file or folder: {name}")
-    snap = cached_snapshot(name)
-    if snap is not None:
-        return str(snap)
-    if offline or hub_offline() or not hub_reachable():
-        raise _offline_error(name)
-    return name
+    return cached_or_reachable(name, offline, cached_snapshot, _offline_error)
 
 
 def download(repo_id: str) -> Path:

@@ -101,7 +101,7 @@ def resolve_clip(name: str, offline: bool = False) -> str:
     Raises:
         ScoreError: one line, for a missing or malformed folder or an unavailable hub id.
     """
-    from ..priors.locate import hub_offline, hub_reachable
+    from ..priors.locate import cached_or_reachable
 
     name = (name or "").strip()
     if not name:
@@ -116,12 +116,7 @@ def resolve_clip(name: str, offline: bool = False) -> str:
                          "tokenizer, preprocessor config) or a hub id")
     if _looks_like_path(name):
         raise ScoreError(f"--clip {name}: no such folder")
-    snap = _cached_snapshot(name)
-    if snap is not None:
-        return str(snap)
-    if offline or hub_offline() or not hub_reachable():
-        raise _offline_error(name)
-    return name
+    return cached_or_reachable(name, offline, _cached_snapshot, _offline_error)
 
 
 @contextlib.contextmanager
