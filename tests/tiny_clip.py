@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from tiny_sd import write_tiny_clip_tokenizer_files
+from tiny_sd import save_quietly, write_tiny_clip_tokenizer_files
 
 
 def clip_vit_l14_config(vocab_size: int = 49408, bos: int = 49406, eos: int = 49407):
@@ -73,19 +73,8 @@ def make_tiny_clip(path: str | Path, seed: int = 0, image_size: int = 32,
                    config=None) -> Path:
     """Save a random CLIPModel (tiny, or `config`) + the tiny CLIPProcessor into `path`."""
     from transformers import CLIPModel
-    from transformers.utils import logging as tlog
-
     processor = tiny_processor(image_size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = CLIPModel(config or tiny_clip_config(processor.tokenizer, image_size))
-    path = Path(path)
-    bar = tlog.is_progress_bar_enabled()
-    tlog.disable_progress_bar()
-    try:
-        model.save_pretrained(path)
-        processor.save_pretrained(path)
-    finally:
-        if bar:
-            tlog.enable_progress_bar()
-    return path
+    return save_quietly(path, model, processor)

@@ -42,6 +42,23 @@ _MERGES = [("t", "h"), ("th", "e</w>"), ("c", "a"), ("ca", "r</w>"), ("r", "e"),
            ("a", "n</w>"), ("o", "f</w>")]
 
 
+def save_quietly(path: str | Path, *savables) -> Path:
+    """`save_pretrained(path)` of each model/pipeline/processor with transformers' progress bars
+    off (restored after); both libraries write safetensors by default. Returns `path`."""
+    from transformers.utils import logging as tlog
+
+    path = Path(path)
+    bar = tlog.is_progress_bar_enabled()
+    tlog.disable_progress_bar()
+    try:
+        for obj in savables:
+            obj.save_pretrained(path)
+    finally:
+        if bar:
+            tlog.enable_progress_bar()
+    return path
+
+
 def _byte_symbols() -> list[str]:
     """The 256 printable stand-ins CLIP/GPT-2 byte-level BPE uses for the bytes 0..255."""
     keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
@@ -116,16 +133,7 @@ def _build_and_save(path: str | Path, configs: dict[str, dict], tokenizer, seed:
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
-    path = Path(path)
-    from transformers.utils import logging as tlog
-    bar = tlog.is_progress_bar_enabled()
-    tlog.disable_progress_bar()
-    try:
-        pipe.save_pretrained(path, safe_serialization=True)
-    finally:
-        if bar:
-            tlog.enable_progress_bar()
-    return path
+    return save_quietly(path, pipe)
 
 
 def make_tiny_sd(path: str | Path, sd_version: str = "2", seed: int = 0) -> Path:
@@ -417,7 +425,6 @@ def _build_and_save_sdxl(path: str | Path, configs: dict[str, dict], tok1, tok2,
                          dtype: torch.dtype = torch.float32) -> Path:
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-    from transformers.utils import logging as tlog
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -431,14 +438,7 @@ def _build_and_save_sdxl(path: str | Path, configs: dict[str, dict], tok1, tok2,
                                                 if not k.startswith("_")})
     pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tok1,
                                      tokenizer_2=tok2, unet=unet, scheduler=sched)
-    bar = tlog.is_progress_bar_enabled()
-    tlog.disable_progress_bar()
-    try:
-        pipe.save_pretrained(Path(path), safe_serialization=True)
-    finally:
-        if bar:
-            tlog.enable_progress_bar()
-    return Path(path)
+    return save_quietly(path, pipe)
 
 
 def make_tiny_sdxl(path: str | Path, seed: int = 0) -> Path:

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tiny_sd import tiny_clip_tokenizer
+from tiny_sd import save_quietly, tiny_clip_tokenizer
 
 # ---------------------------------------------------------------------------------------------
 # openai/shap-e configs (prior/, text_encoder/, scheduler/, shap_e_renderer/ config.json on the
@@ -281,15 +281,7 @@ def _build_and_save(path: str | Path, configs: dict[str, dict], tokenizer, seed:
     scheduler = HeunDiscreteScheduler(**configs["scheduler"])
     pipe = ShapEPipeline(prior=prior, text_encoder=text_encoder, tokenizer=tokenizer,
                          scheduler=scheduler, shap_e_renderer=renderer)
-    from transformers.utils import logging as tlog
-    bar = tlog.is_progress_bar_enabled()
-    tlog.disable_progress_bar()
-    try:
-        pipe.save_pretrained(Path(path), safe_serialization=True)
-    finally:
-        if bar:
-            tlog.enable_progress_bar()
-    return Path(path)
+    return save_quietly(path, pipe)
 
 
 def make_tiny_shap_e(path: str | Path, seed: int = 0) -> Path:
