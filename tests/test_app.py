@@ -275,14 +275,26 @@ def test_two_queued_jobs_both_complete_one_at_a_time(server):
 
     a, b = _client(server.url), _client(server.url)
     peak_before = server.manager.peak_training
-    ja = _generate(a, prompt="a blue sphere", iters=4)
-    time.sleep(0.5)
-    jb = _generate(b, prompt="a blue sphere", iters=2)
-    ranks = []
+    # Hold the only device so job A waits inside its handler: B's place in the queue is then
+    # observed however fast the machine trains (A alone could finish before B is polled).
+    held = server.manager._pool.get(timeout=10)
+    try:
+        ja = _generate(a, prompt="a blue sphere", iters=4)
+        deadline = time.monotonic() + 60
+        while ja.status().code not in (Status.PROCESSING, Status.ITERATING):
+            assert time.monotonic() < deadline, ja.status()
+            time.sleep(0.05)
+        jb = _generate(b, prompt="a blue sphere", iters=2)
+        ranks = []
+        while not ranks:
+            assert time.monotonic() < deadline and not jb.done(), jb.status()
+            st = jb.status()
+            if st.code == Status.IN_QUEUE and st.rank is not None:
+                ranks.append(st.rank)
+            time.sleep(0.05)
+    finally:
+        server.manager._pool.put(held)
     while not (ja.done() and jb.done()):
-        st = jb.status()
-        if st.code == Status.IN_QUEUE and st.rank is not None:
-            ranks.append(st.rank)
         time.sleep(0.1)
     sa, sb = _status(ja.result()), _status(jb.result())
     assert sa.startswith("Done `a_blue_sphere`") and sb.startswith("Done `a_blue_sphere_2`"), (sa, sb)
