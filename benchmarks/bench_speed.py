@@ -3,7 +3,7 @@ speed per preset: per-phase breakdown, ms/iteration, minutes per asset, peak mem
 side by side with a straightforward eager baseline of the same math (issue #11).
 
     python benchmarks/bench_speed.py [--presets paper,fast,toy] [--iters 40] [--warmup 8]
-                                     [--model SD_FOLDER] [--rows optimized,compiled,baseline] [--json out.json]
+                                     [--model SD_FOLDER] [--rows optimized,nhwc,compiled,compiled_nhwc,baseline] [--json out.json]
 
 Runs the real trainer (`ism3d.train.train`) with `ism3d.profiling` on: CUDA events around each
 phase, no extra host syncs inside a step. Latent presets use random weights of the exact
@@ -13,8 +13,11 @@ SD-2.1-base architecture (built from configs, saved with save_pretrained and loa
 Rows:
   optimized  the defaults: denoiser replayed as CUDA graphs, all views in one render call, one
              host sync per step
+  nhwc       optimized + `prior.channels_last` (UNet and VAE encoder channels-last, our fused
+             GroupNorm + SiLU kernels)
   compiled   optimized + `prior.compile` (torch.compile of the denoiser inside its graphs and of
              the VAE encoder); its compilation time is reported as setup
+  compiled_nhwc  compiled + `prior.channels_last`
   baseline   the same math done straightforwardly, as the reference does: eager denoiser calls,
              views rendered one by one (densification statistics of the last view, as the
              reference), diffusers' SDPA attention in the VAE encoder, eager everything
@@ -47,6 +50,14 @@ from ism3d.guidance.schedule import sample_t, warm  # noqa: E402
 from ism3d.priors import load_prior  # noqa: E402
 from ism3d.types import RenderOut  # noqa: E402
 
+# row -> prior overrides
+ROWS = {
+    "optimized": {"prior.cuda_graphs": "true", "prior.compile": "false", "prior.channels_last": "false"},
+    "nhwc": {"prior.cuda_graphs": "true", "prior.compile": "false", "prior.channels_last": "true"},
+    "compiled": {"prior.cuda_graphs": "true", "prior.compile": "true", "prior.channels_last": "false"},
+    "compiled_nhwc": {"prior.cuda_graphs": "true", "prior.compile": "true", "prior.channels_last": "true"},
+    "baseline": {"prior.cuda_graphs": "false", "prior.compile": "false", "prior.channels_last": "false"},
+}
 PHASES = ["render_fwd", "encode_fwd", "inversion", "target", "cfg", "encode_bwd", "render_bwd",
           "host_sync", "optimizer", "densify"]
 
@@ -140,11 +151,14 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=8, help="untimed first steps (graph capture, cuDNN)")
     ap.add_argument("--model", default="", help="SD folder (default: random SD-2.1-base built here)")
     ap.add_argument("--tiny", action="store_true", help="tiny random SD instead (CPU smoke run)")
-    ap.add_argument("--rows", default="optimized,baseline",
-                    help="optimized (CUDA graphs), compiled (+ torch.compile), baseline (eager)")
+    ap.add_argument("--rows", default="optimized,nhwc,baseline",
+                    help="comma list of: " + ", ".join(ROWS) + " (see above)")
     ap.add_argument("--overrides", default="", help="extra KEY=VALUE,KEY=VALUE for every row")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
+    unknown = [r for r in args.rows.split(",") if r not in ROWS]
+    if unknown:
+        ap.error(f"unknown row(s) {', '.join(unknown)}; choose from {', '.join(ROWS)}")
     device = torch.device(args.device)
     extra = dict(kv.split("=", 1) for kv in args.overrides.split(",") if kv)
 
@@ -164,8 +178,7 @@ def main() -> None:
             cfg = C.apply_overrides(cfg, extra)
             for label in args.rows.split(","):
                 base = label == "baseline"
-                pcfg = C.apply_overrides(cfg, {"prior.cuda_graphs": str(not base).lower(),
-                                               "prior.compile": str(label == "compiled").lower()})
+                pcfg = C.apply_overrides(cfg, ROWS[label])
                 t0 = time.perf_counter()
                 prior = load_prior(pcfg.prior, device)
                 if base and getattr(prior, "vae", None) is not None:
@@ -190,9 +203,12 @@ def main() -> None:
               f"{r['inv_calls_timed']:>7.2f}  " + " ".join(f"{r['phases_ms'][p]:>10.2f}" for p in PHASES)
               + f"{other:>8.1f}")
     for preset in args.presets.split(","):
-        a, b = results.get(f"{preset}/optimized"), results.get(f"{preset}/baseline")
-        if a and b:
-            print(f"{preset}: speed-up over the eager baseline {b['mean_ms'] / a['mean_ms']:.2f}x (mean ms/it)")
+        b = results.get(f"{preset}/baseline")
+        for label in ROWS:
+            a = results.get(f"{preset}/{label}")
+            if a and b and a is not b:
+                print(f"{preset} {label}: speed-up over the eager baseline {b['mean_ms'] / a['mean_ms']:.2f}x "
+                      f"(mean ms/it)")
     if args.json:
         Path(args.json).write_text(json.dumps({"device": dev_name, "results": results}, indent=2))
 

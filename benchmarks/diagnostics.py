@@ -5,6 +5,7 @@ analysis (docs/experiments/gpu-speed.md), one subcommand each:
     python benchmarks/diagnostics.py calls [--compile] [--kernels]  # CUDA; --tiny: CPU smoke run
     python benchmarks/diagnostics.py trace --out /tmp/trace     # CUDA; --tiny: a CPU smoke run
     python benchmarks/diagnostics.py pixel-calls                # CPU, the shipped ToyWorld UNet
+    python benchmarks/diagnostics.py group-norm                 # CUDA; our NHWC GroupNorm kernels
 
 flops        What can a `paper` step cost at least? FLOPs of the SD-2.1-base UNet per sample
              (64x64 and 32x32 latents) and of the VAE encoder forward and backward (input gradient
@@ -20,8 +21,10 @@ calls        How fast are the two networks per call, and what do graphs / compil
              with --compile, compiled, plus the fp16 gradient difference of the two attentions;
              with --kernels, the eager encoder's forward+backward kernel table with each
              attention (torch.profiler; SDPA's memory-efficient backward was the 17 ms kernel).
-             Median of 15 timed calls after 3 warm-ups (CUDA events). Random weights of the
-             exact architecture (speed does not depend on weight values).
+             With --channels-last, both networks again as `prior.channels_last` runs them
+             (NHWC tensors, our fused GroupNorm kernels), and that encoder's input gradient
+             against the NCHW one. Median of 15 timed calls after 3 warm-ups (CUDA events).
+             Random weights of the exact architecture (speed does not depend on weight values).
 trace        Where do the gaps in a real step lie? A torch.profiler trace (Chrome format,
              OUT/trace.json) of steps 7-9 of the `paper` preset in the real trainer, random
              SD-2.1-base weights, and each step's wall time; open it in chrome://tracing or
@@ -30,6 +33,11 @@ pixel-calls  How long does one ToyWorld UNet call take on this CPU, and does cha
              help? The shipped prior at batch 4, 8, 16: plain layout vs channels_last weights vs
              channels_last weights and input (what `PixelPrior` runs on the CPU), interleaved
              because a shared host's speed drifts; min / median of 15 calls.
+
+group-norm   What do our NHWC GroupNorm(+SiLU) kernels cost against PyTorch's GroupNorm + SiLU,
+             on NCHW and on channels-last tensors? Each shape of the SD UNet (batch 8) and VAE
+             encoder (4 x 512^2), fp16: forward, and forward + backward (input gradient), with
+             the effective bandwidth of ours (bytes it must move / time).
 
 `--tiny` runs `calls` and `trace` on the tiny random SD of the tests (tests/tiny_sd.py) on the
 CPU: the same code path, meaningless times; it checks the script still runs.
@@ -49,6 +57,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
+
+from ism3d.priors.channels_last import use_channels_last  # noqa: E402
 
 
 def median_ms(fn: Callable[[], object], device: torch.device, n: int = 15, warm: int = 3) -> float:
@@ -111,10 +121,7 @@ def cmd_flops(args) -> None:
 # calls
 # --------------------------------------------------------------------------------------------
 def cmd_calls(args) -> None:
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-
-    from ism3d.priors.cuda_graph import GraphedCall
-    from ism3d.priors.vae_attention import use_matmul_attention
+    from diffusers import UNet2DConditionModel
 
     dev = torch.device("cpu" if args.tiny else "cuda")
     dt = torch.float32 if args.tiny else torch.float16
@@ -134,13 +141,28 @@ def cmd_calls(args) -> None:
         unet = UNet2DConditionModel.from_config(cfg["unet"]).to(dt).eval().requires_grad_(False)
     dim, lat = cfg["unet"]["cross_attention_dim"], size // 8
     fwd = lambda x, t, e: unet(x, t, encoder_hidden_states=e).sample  # noqa: E731
+    for layout in ["NCHW"] + (["NHWC"] if args.channels_last else []):
+        if layout == "NHWC":
+            use_channels_last(unet)
+        unet_calls(args, fwd, dev, dt, dim, lat, time_ms, layout)
+    del unet, fwd
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    vae_calls(args, cfg, dev, dt, size, time_ms)
+
+
+def unet_calls(args, fwd, dev, dt, dim: int, lat: int, time_ms, layout: str) -> None:
+    """`calls` 2: the UNet per call at each batch: eager, graphed, compiled + graphed."""
+    from ism3d.priors.cuda_graph import GraphedCall
+
     compiled = torch.compile(fwd, dynamic=False) if args.compile else None
+    mf = torch.channels_last if layout == "NHWC" else torch.contiguous_format
     for B in [int(b) for b in args.batches.split(",")]:
-        x = torch.randn(B, 4, lat, lat, device=dev, dtype=dt)
+        x = torch.randn(B, 4, lat, lat, device=dev, dtype=dt).contiguous(memory_format=mf)
         t = torch.full((B,), 500, device=dev, dtype=torch.long)
         e = torch.randn(B, 77, dim, device=dev, dtype=dt)
         with torch.no_grad():
-            line = f"UNet batch {B:2d}: eager {time_ms(lambda: fwd(x, t, e)):.1f} ms"
+            line = f"UNet {layout} batch {B:2d}: eager {time_ms(lambda: fwd(x, t, e)):.1f} ms"
             if dev.type == "cuda":
                 g = GraphedCall(fwd)
                 line += f", CUDA graph {time_ms(lambda: g(x, t, e)):.1f} ms"
@@ -152,10 +174,14 @@ def cmd_calls(args) -> None:
                 line += f", compiled{' + graph' if dev.type == 'cuda' else ''} " \
                         f"{time_ms(lambda: gc(x, t, e)):.1f} ms (compile {ct:.0f} s)"
         print(line, flush=True)
-    del unet, compiled
-    if dev.type == "cuda":
-        torch.cuda.empty_cache()
-    # 3. the VAE encoder forward + backward, SDPA vs matmul attention
+
+
+def vae_calls(args, cfg: dict, dev, dt, size: int, time_ms) -> None:
+    """`calls` 3: the VAE encoder forward + backward, SDPA vs matmul attention (vs NHWC)."""
+    from diffusers import AutoencoderKL
+
+    from ism3d.priors.vae_attention import use_matmul_attention
+
     with torch.device(dev):
         vae = AutoencoderKL.from_config(cfg["vae"]).to(dt).eval().requires_grad_(False)
     x = torch.randn(4, 3, size, size, device=dev, dtype=dt, requires_grad=True)
@@ -207,6 +233,23 @@ def cmd_calls(args) -> None:
     print(line, flush=True)
     if args.kernels:
         kernel_table("matmul attention")
+    if args.channels_last:
+        use_channels_last(vae.encoder)
+        vae.quant_conv.to(memory_format=torch.channels_last)
+        x.data = x.data.contiguous(memory_format=torch.channels_last)
+        g_cl = input_grad(enc)
+        rel = ((g_cl - g_mm).norm() / g_mm.norm()).item()
+        line = (f"VAE encoder 4x{size}^2 fwd+bwd, NHWC + fused GroupNorm: eager {time_ms(fwd_bwd(enc)):.1f} ms, "
+                f"fwd {time_ms(lambda: enc(x)):.1f} ms; input gradient vs NCHW: relative difference {rel:.1e}")
+        if args.compile:
+            c = torch.compile(enc, dynamic=False)
+            t0 = time.perf_counter()
+            fwd_bwd(c)()
+            ct = time.perf_counter() - t0
+            line += f"; compiled {time_ms(fwd_bwd(c)):.1f} ms (compile {ct:.0f} s)"
+        print(line, flush=True)
+        if args.kernels:
+            kernel_table("NHWC + fused GroupNorm")
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,6 +326,40 @@ def cmd_pixel_calls(args) -> None:
                                             for k, v in ts.items()), flush=True)
 
 
+# --------------------------------------------------------------------------------------------
+# group-norm
+# --------------------------------------------------------------------------------------------
+GN_SHAPES = [(4, 128, 512, 512), (4, 256, 256, 256), (4, 512, 128, 128), (4, 512, 64, 64),
+             (8, 320, 64, 64), (8, 640, 32, 32), (8, 1280, 16, 16), (8, 1280, 8, 8)]
+
+
+def cmd_group_norm(args) -> None:
+    from ism3d.kernels.group_norm import group_norm_nhwc, reference_group_norm
+
+    dev, dt = torch.device("cuda"), torch.float16
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}, fp16, GroupNorm(32) + SiLU; ms, "
+          f"median of 15", flush=True)
+    print(f"{'shape':<22}{'torch NCHW':>22}{'torch NHWC':>22}{'ours NHWC':>22}{'ours GB/s':>16}")
+    for shape in GN_SHAPES:
+        x = torch.randn(shape, device=dev, dtype=dt) * 2 + 1
+        w, b = (torch.randn(shape[1], device=dev, dtype=dt) for _ in range(2))
+        dy = torch.randn(shape, device=dev, dtype=dt)
+        cells = []
+        for name, xin, fn in (("torch NCHW", x, reference_group_norm),
+                              ("torch NHWC", x.contiguous(memory_format=torch.channels_last), reference_group_norm),
+                              ("ours NHWC", x.contiguous(memory_format=torch.channels_last), group_norm_nhwc)):
+            xg = xin.detach().requires_grad_(True)
+            with torch.no_grad():
+                f = median_ms(lambda: fn(xin, w, b, 32, 1e-6, True), dev)
+            fb = median_ms(lambda: torch.autograd.grad(fn(xg, w, b, 32, 1e-6, True), xg, dy), dev)
+            cells.append((f, fb))
+        nbytes = x.numel() * x.element_size()
+        # ours must read x twice and write y (fwd); read x, dy twice each and write dx (bwd)
+        gbs = (3 * nbytes / cells[2][0] + 8 * nbytes / cells[2][1]) / 2 / 1e6
+        print(f"{'x'.join(map(str, shape)):<22}" + "".join(f"{f:>9.3f} / {fb:>9.3f}  " for f, fb in cells)
+              + f"{gbs:>14.0f}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -294,15 +371,18 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--compile", action="store_true", help="also torch.compile (minutes the first time)")
     c.add_argument("--kernels", action="store_true", help="also the VAE encoder's kernel table")
     c.add_argument("--tiny", action="store_true", help="tiny SD on the CPU: a smoke run")
+    c.add_argument("--channels-last", action="store_true",
+                   help="also both networks as prior.channels_last runs them (NHWC, fused GroupNorm)")
     t = sub.add_parser("trace", help="torch.profiler trace of 3 paper steps (CUDA)")
     t.add_argument("--out", default="/tmp/ism3d_trace", help="folder for trace.json")
     t.add_argument("--tiny", action="store_true", help="tiny SD on the CPU: a smoke run")
     p = sub.add_parser("pixel-calls", help="the ToyWorld UNet per call on the CPU")
     p.add_argument("--batches", default="4,8,16")
     p.add_argument("--repeats", type=int, default=15)
+    sub.add_parser("group-norm", help="our NHWC GroupNorm kernels vs PyTorch's (CUDA)")
     args = ap.parse_args(argv)
-    {"flops": cmd_flops, "calls": cmd_calls, "trace": cmd_trace,
-     "pixel-calls": cmd_pixel_calls}[args.cmd](args)
+    {"flops": cmd_flops, "calls": cmd_calls, "trace": cmd_trace, "pixel-calls": cmd_pixel_calls,
+     "group-norm": cmd_group_norm}[args.cmd](args)
 
 
 if __name__ == "__main__":

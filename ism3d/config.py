@@ -166,6 +166,10 @@ class PriorConfig:
     offload: Literal["none", "model", "sequential"] = "none"
     # Compute the UNet's attention in slices (less memory, somewhat slower)
     attention_slicing: bool = False
+    # SD/SDXL: run the UNet and the VAE encoder on channels-last (NHWC) tensors, with ism3d's own
+    # fused GroupNorm+SiLU Triton kernels on CUDA (cuDNN's NHWC convolutions are ~2x faster than
+    # NCHW ones on an H100). Same values. Off until its GPU speed is measured (BENCHMARKS.md).
+    channels_last: bool = False
     # A separate VAE folder or hub id replacing the model's own, e.g. the fp16-safe SDXL VAE
     # madebyollin/sdxl-vae-fp16-fix ("" = the model's own; SDXL's own runs in fp32 under fp16)
     vae: str = ""

@@ -1,4 +1,5 @@
-"""Puts tests/ (for helper modules such as tiny_sd) and the repository root on sys.path."""
+"""Puts tests/ (for helper modules such as tiny_sd) and the repository root on sys.path; runs
+Triton kernels in the interpreter on machines without CUDA."""
 import sys
 from pathlib import Path
 
@@ -7,7 +8,16 @@ for _p in (str(_TESTS), str(_TESTS.parent)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
+import os  # noqa: E402
+
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# Without a GPU, our Triton kernels (ism3d/kernels) run in Triton's CPU interpreter, so the suite
+# checks the kernels themselves and not only their torch fallbacks. Set before anything imports
+# triton: `triton.jit` reads it when a kernel is defined.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")

@@ -56,13 +56,16 @@ def test_baseline_and_optimized_paths_agree_cpu_float32(tiny_sd_dir):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_graphed_and_eager_paths_agree_gpu_fp16(tiny_sd_dir):
-    """CUDA, fp16: CUDA graphs + batched render vs eager denoiser + one view at a time."""
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_graphed_and_eager_paths_agree_gpu_fp16(tiny_sd_dir, channels_last):
+    """CUDA, fp16: CUDA graphs + batched render (+ channels-last networks with our GroupNorm
+    kernels) vs eager denoiser + one view at a time."""
     cfg = C.apply_overrides(_cfg(tiny_sd_dir, 64), {"prior.dtype": "fp16"})
     dev = torch.device("cuda")
-    fast = load_prior(C.apply_overrides(cfg, {"prior.cuda_graphs": "true"}).prior, dev)
+    fast = load_prior(C.apply_overrides(cfg, {"prior.cuda_graphs": "true",
+                                              "prior.channels_last": str(channels_last).lower()}).prior, dev)
     slow = load_prior(C.apply_overrides(cfg, {"prior.cuda_graphs": "false"}).prior, dev)
-    assert fast._graphed is not None and slow._graphed is None
+    assert fast._graphed is not None and slow._graphed is None and fast.channels_last == channels_last
     a, logs_a = _grad_on_views(cfg, fast, dev, per_view=False)
     b, logs_b = _grad_on_views(cfg, slow, dev, per_view=True)
     assert fast._graphed.replays >= 2

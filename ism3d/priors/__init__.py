@@ -42,7 +42,7 @@ def load_prior(cfg: "PriorConfig", device: torch.device | str) -> DiffusionPrior
     Args:
         cfg: `PriorConfig` (name, dtype, latent, offline, single_file_config, resolution,
             cuda_graphs, compile; for SD/SDXL also vae, textual_inversion, lora, attention_slicing,
-            offload: see `customise`).
+            channels_last, offload: see `customise`).
         device: torch device of all the prior's computations.
 
     Returns:
@@ -96,8 +96,8 @@ def check_custom_files(cfg: "PriorConfig") -> None:
 
 
 def customise(prior, cfg: "PriorConfig") -> None:
-    """A separate VAE, textual inversions, LoRAs (fused), attention slicing and offload, in that
-    order; what was done goes to `prior.custom` (summary.json). Raises PriorError (one line)."""
+    """A separate VAE, textual inversions, LoRAs (fused), attention slicing, channels-last networks
+    and offload, in that order; what was done goes to `prior.custom` (summary.json). Raises PriorError (one line)."""
     from .lora import fuse_loras
     from .offload import enable_offload
     from .textual_inversion import load_textual_inversions
@@ -112,6 +112,8 @@ def customise(prior, cfg: "PriorConfig") -> None:
     if cfg.attention_slicing:
         prior.unet.set_attention_slice("auto")
         prior.custom["attention_slicing"] = True
+    if cfg.channels_last:
+        prior.custom["channels_last"] = prior.enable_channels_last()
     if cfg.offload != "none":
         enable_offload(prior, cfg.offload)
         prior.custom["offload"] = cfg.offload

@@ -123,5 +123,7 @@ class GraphedUNet:
 
     def denoise(self, x: Tensor, t: Tensor, emb: Tensor) -> Tensor:
         """Raw UNet output for x [B, C, h, w], t [B] long, emb [B, L, D], in the prior's dtype."""
-        args = (x.to(self.device, self.dtype), t.to(self.device), emb.to(self.device, self.dtype))
+        layout = torch.channels_last if getattr(self, "channels_last", False) else torch.preserve_format
+        args = (x.to(self.device, self.dtype, memory_format=layout), t.to(self.device),
+                emb.to(self.device, self.dtype))
         return (self._graphed or self.unet_forward)(*args)

@@ -105,6 +105,7 @@ class StableDiffusionPrior(GraphedUNet):
         self._warned: set[str] = set()
         self._moments = self._vae_moments   # compile_encoder() may replace it
         self._encoder_compiled = False
+        self.channels_last = False          # enable_channels_last() turns it on
         # what load_prior customised (textual inversion, LoRA, offload): summary.json records it
         self.custom: dict = {}
 
@@ -160,6 +161,8 @@ class StableDiffusionPrior(GraphedUNet):
         self.vae_dtype = self.vae_dtype_for(vae, self.dtype)
         self.vae = vae.to(self.device, self.vae_dtype).eval().requires_grad_(False)
         use_matmul_attention(vae.encoder)
+        if self.channels_last:
+            self._vae_channels_last()
         self.scaling_factor = float(vae.config.scaling_factor)
         self.shift_factor = float(getattr(vae.config, "shift_factor", None) or 0.0)
 
@@ -175,6 +178,24 @@ class StableDiffusionPrior(GraphedUNet):
             h = int(s if isinstance(s, int) else s[0])
         self.latent_shape = (int(self.unet.config.in_channels), h, h)
         self.image_size = h * self.vae_scale
+
+    def enable_channels_last(self) -> dict:
+        """Run the UNet and the VAE encoder channels-last with the fused GroupNorm kernels
+        (`channels_last.py`); returns what was swapped, per network. Call before CUDA graphs
+        and compile."""
+        from .channels_last import use_channels_last
+
+        if self.channels_last:
+            return {}
+        self.channels_last = True
+        return {"unet": use_channels_last(self.unet), "vae_encoder": self._vae_channels_last()}
+
+    def _vae_channels_last(self) -> dict:
+        from .channels_last import use_channels_last
+
+        if self.vae.quant_conv is not None:
+            self.vae.quant_conv.to(memory_format=torch.channels_last)
+        return use_channels_last(self.vae.encoder)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -285,7 +306,8 @@ class StableDiffusionPrior(GraphedUNet):
         """images [B, 3, H, W] in [0, 1] -> z0 [B, 4, h, w] float32 (scaled VAE latents), differentiable.
 
         1. resize to image_size if needed (bilinear, align_corners=False, no antialias)
-        2. x = 2 * images - 1, cast to the VAE dtype, in contiguous (NCHW) memory
+        2. x = 2 * images - 1, cast to the VAE dtype, in contiguous (NCHW) memory, or
+           channels-last memory with `enable_channels_last`
         3. VAE encoder with autocast off; mean of the posterior (or a sample, prior.latent)
         4. z0 = (latent - shift_factor) * scaling_factor, float32
         """
@@ -294,10 +316,12 @@ class StableDiffusionPrior(GraphedUNet):
         if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
             x = F.interpolate(x.float(), size=(self.image_size, self.image_size), mode="bilinear",
                               align_corners=False, antialias=False)
-        # contiguous: renders arrive as [B, H, W, 3] memory seen as [B, 3, H, W] (channels_last
-        # strides), which every elementwise op keeps; the VAE's convolutions would then answer in
-        # channels_last and each GroupNorm copy back: +12 ms per paper step on an H100
-        x = (x * 2.0 - 1.0).to(self.vae_dtype).contiguous()  # [B, 3, S, S]
+        # one layout for the whole encoder: renders arrive as [B, H, W, 3] memory seen as
+        # [B, 3, H, W] (channels_last strides), which every elementwise op keeps; a plain encoder
+        # would then answer in channels_last and each of PyTorch's GroupNorms copy back (+12 ms
+        # per paper step on an H100), so it gets NCHW, and the channels-last encoder NHWC
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        x = (x * 2.0 - 1.0).to(self.vae_dtype).contiguous(memory_format=layout)  # [B, 3, S, S]
         with torch.autocast(device_type=self.device.type, enabled=False):
             mean, std = self._moments(x)
             if self.latent == "mean":
