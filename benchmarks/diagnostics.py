@@ -6,6 +6,7 @@ analysis (docs/experiments/gpu-speed.md), one subcommand each:
     python benchmarks/diagnostics.py trace --out /tmp/trace     # CUDA; --tiny: a CPU smoke run
     python benchmarks/diagnostics.py pixel-calls                # CPU, the shipped ToyWorld UNet
     python benchmarks/diagnostics.py group-norm                 # CUDA; our NHWC GroupNorm kernels
+    python benchmarks/diagnostics.py kernels [--json F]         # any machine: those kernels for sm_90
 
 flops        What can a `paper` step cost at least? FLOPs of the SD-2.1-base UNet per sample
              (64x64 and 32x32 latents) and of the VAE encoder forward and backward (input gradient
@@ -38,6 +39,12 @@ group-norm   What do our NHWC GroupNorm(+SiLU) kernels cost against PyTorch's Gr
              on NCHW and on channels-last tensors? Each shape of the SD UNet (batch 8) and VAE
              encoder (4 x 512^2), fp16: forward, and forward + backward (input gradient), with
              the effective bandwidth of ours (bytes it must move / time).
+
+kernels      Do those kernels compile for Hopper, and with how many registers, how much shared
+             memory and any spills? Each kernel configuration the launcher picks for the shapes
+             of `group-norm` (fp16, bf16) is compiled for sm_90 by Triton's own compiler, no GPU
+             needed, and read back with the cuobjdump Triton ships (`-res-usage`).
+             tests/test_group_norm.py runs it: no spills, no stack.
 
 `--tiny` runs `calls` and `trace` on the tiny random SD of the tests (tests/tiny_sd.py) on the
 CPU: the same code path, meaningless times; it checks the script still runs.
@@ -360,6 +367,72 @@ def cmd_group_norm(args) -> None:
               + f"{gbs:>14.0f}", flush=True)
 
 
+# --------------------------------------------------------------------------------------------
+# kernels
+# --------------------------------------------------------------------------------------------
+_DATA_PTRS = {"X", "Y", "DY", "DX", "W", "B"}                                     # the input's dtype
+_STAT_PTRS = {"PCNT", "PSUM", "PM2", "MEAN", "RSTD", "PA", "PB", "SA", "SB", "M1", "M2"}  # fp32 (fp64)
+_FLOAT_ARGS = {"eps", "total"}
+
+
+def compile_report(dtypes=(torch.float16, torch.bfloat16), arch: int = 90) -> list[dict]:
+    """Compile every kernel configuration of GN_SHAPES for `arch`; registers, shared, local
+    (spill) and stack bytes of each, from cuobjdump -res-usage. Needs TRITON_INTERPRET unset."""
+    import re
+    import subprocess
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from ism3d.kernels import group_norm as gn
+
+    tname = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64"}
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    rows, seen = [], set()
+    for dtype in dtypes:
+        acc = "fp64" if dtype == torch.float64 else "fp32"
+        for n, c, h, w in GN_SHAPES:
+            for name, (const, warps) in gn.kernel_configs(h * w, c, 32, dtype, True).items():
+                key = (name, dtype, repr(sorted(const.items())), warps)
+                if key in seen:
+                    continue
+                seen.add(key)
+                fn = gn.kernel(name)
+                sig = {a: "constexpr" if a in const else f"*{tname[dtype]}" if a in _DATA_PTRS
+                       else f"*{acc}" if a in _STAT_PTRS else "fp32" if a in _FLOAT_ARGS else "i32"
+                       for a in fn.arg_names}
+                k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const),
+                                   target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
+                with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+                    f.write(k.asm["cubin"])
+                    f.flush()
+                    out = subprocess.run([str(cuobjdump), "-res-usage", f.name], capture_output=True,
+                                         text=True, check=True).stdout
+                use = {m[0]: int(m[1]) for m in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", out)}
+                rows.append({"kernel": name, "dtype": tname[dtype], "shape": f"{n}x{c}x{h}x{w}",
+                             "const": {k_: str(v) for k_, v in const.items()}, "num_warps": warps, **use})
+    return rows
+
+
+def cmd_kernels(args) -> None:
+    import os
+    import warnings
+
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        sys.exit("diagnostics.py kernels compiles real kernels: unset TRITON_INTERPRET")
+    warnings.filterwarnings("ignore", module="triton")
+    rows = compile_report()
+    print(f"{'kernel':<12}{'dtype':>6}  {'first shape':<16}{'warps':>6}{'REG':>5}{'SHARED':>8}{'LOCAL':>6}"
+          f"{'STACK':>6}  constexprs")
+    for r in rows:
+        const = ", ".join(f"{k}={v}" for k, v in r["const"].items() if k != "ACC")
+        print(f"{r['kernel']:<12}{r['dtype']:>6}  {r['shape']:<16}{r['num_warps']:>6}{r['REG']:>5}"
+              f"{r['SHARED']:>8}{r['LOCAL']:>6}{r['STACK']:>6}  {const}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -380,9 +453,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batches", default="4,8,16")
     p.add_argument("--repeats", type=int, default=15)
     sub.add_parser("group-norm", help="our NHWC GroupNorm kernels vs PyTorch's (CUDA)")
+    k = sub.add_parser("kernels", help="compile those kernels for sm_90: registers, spills (any machine)")
+    k.add_argument("--json", default="", help="also write the rows here")
     args = ap.parse_args(argv)
     {"flops": cmd_flops, "calls": cmd_calls, "trace": cmd_trace, "pixel-calls": cmd_pixel_calls,
-     "group-norm": cmd_group_norm}[args.cmd](args)
+     "group-norm": cmd_group_norm, "kernels": cmd_kernels}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -127,6 +127,29 @@ def test_fused_module_is_a_drop_in_group_norm():
     assert (fused.fallback_calls, fused.fast_calls) == (1, 1 if kernels_available(x) else 0)
 
 
+def test_every_kernel_compiles_for_hopper_without_spills(tmp_path):
+    """Triton's own compiler builds each configuration the launcher picks, for sm_90, with no GPU;
+    cuobjdump reads the registers and local (spill) memory back. A separate process: this one
+    runs the kernels in the interpreter."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = tmp_path / "kernels.json"
+    subprocess.run([sys.executable, str(root / "benchmarks" / "diagnostics.py"), "kernels", "--json", str(out)],
+                   check=True, env=env, cwd=root, capture_output=True, timeout=600)
+    rows = json.loads(out.read_text())
+    assert {(r["kernel"], r["dtype"]) for r in rows} == {(k, d) for k in ("fwd_partial", "fwd_merge", "fwd_apply",
+                                                                       "bwd_partial", "bwd_merge", "bwd_apply")
+                                                       for d in ("fp16", "bf16")}
+    for r in rows:
+        assert r["LOCAL"] == 0 and 0 < r["REG"] <= 255, r
+
+
 # ---------------------------------------------------------------------------------------------
 # The prior: channels-last UNet and VAE encoder give the same eps and the same encoder gradient
 # ---------------------------------------------------------------------------------------------

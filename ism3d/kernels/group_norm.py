@@ -284,6 +284,42 @@ def _tiles(L: int, C: int) -> tuple[int, int, int, int]:
     return block_c, block_l, tiles, n_blk
 
 
+def kernel_configs(L: int, c: int, groups: int, dtype: torch.dtype, silu: bool) -> dict[str, tuple[dict, int]]:
+    """name -> (constexprs, num_warps) of each kernel for one problem: what the launches below
+    use, and what `benchmarks/diagnostics.py kernels` compiles for Hopper on any machine."""
+    acc, _ = _acc(dtype)
+    block_c, block_l, tiles, _ = _tiles(L, c)
+    # partials: 8K-value tiles, 8 warps (78-130 registers a thread on sm_90, no spills); the
+    # elementwise passes: 2K-value tiles, 4 warps, so that more warps fit an SM (8K-value tiles
+    # took 152-185 registers: one 8-warp program an SM); merges: <= 1K values a loop step
+    tile = dict(BLOCK_L=block_l, BLOCK_C=block_c, ACC=acc)
+    ew = dict(BLOCK_L=max(8, 2048 // block_c), BLOCK_C=block_c, ACC=acc)
+    block_cg = triton.next_power_of_2(c // groups)
+    merge = dict(BLOCK_B=min(64, max(8, 1024 // block_cg)), BLOCK_CG=block_cg, ACC=acc)
+    return {"fwd_partial": (dict(TILES=tiles, **tile), 8), "fwd_merge": (merge, 4),
+            "fwd_apply": (dict(SILU=silu, **ew), 4), "bwd_partial": (dict(SILU=silu, TILES=tiles, **tile), 8),
+            "bwd_merge": (merge, 4), "bwd_apply": (dict(SILU=silu, **ew), 4)}
+
+
+KERNELS = {"fwd_partial": "_fwd_partial", "fwd_merge": "_fwd_merge", "fwd_apply": "_fwd_apply",
+           "bwd_partial": "_bwd_partial", "bwd_merge": "_bwd_merge", "bwd_apply": "_bwd_apply"}
+
+
+def kernel(name: str):
+    """The Triton kernel behind a `kernel_configs` name."""
+    return globals()[KERNELS[name]]
+
+
+def _apply_grid(configs: dict, L: int, c: int, n: int) -> tuple[int, int, int]:
+    const = configs["fwd_apply"][0]
+    return triton.cdiv(L, const["BLOCK_L"]), triton.cdiv(c, const["BLOCK_C"]), n
+
+
+def _launch(configs: dict, name: str, grid: tuple, *args) -> None:
+    const, warps = configs[name]
+    kernel(name)[grid](*args, **const, num_warps=warps)
+
+
 def _check(x: Tensor, weight: Tensor, bias: Tensor, groups: int) -> tuple[Tensor, int, int, int]:
     xv = nlc_view(x)
     n, c = x.shape[:2]
@@ -300,24 +336,20 @@ def _check(x: Tensor, weight: Tensor, bias: Tensor, groups: int) -> tuple[Tensor
 def _group_norm_fwd(x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float,
                     silu: bool) -> tuple[Tensor, Tensor, Tensor]:
     xv, n, L, c = _check(x, weight, bias, groups)
-    acc, sdt = _acc(x.dtype)
-    block_c, block_l, tiles, n_blk = _tiles(L, c)
-    cg = c // groups
+    _, sdt = _acc(x.dtype)
+    block_c, _, _, n_blk = _tiles(L, c)
+    cfg = kernel_configs(L, c, groups, x.dtype, silu)
     # 1. partials per (n, row block, channel), then the merge per (n, g)
     pcnt, psum, pm2 = (torch.empty((n, n_blk, c), device=x.device, dtype=sdt) for _ in range(3))
-    _fwd_partial[(n_blk, triton.cdiv(c, block_c), n)](
-        xv, pcnt, psum, pm2, L, c, xv.stride(0), xv.stride(1), n_blk,
-        TILES=tiles, BLOCK_L=block_l, BLOCK_C=block_c, ACC=acc, num_warps=8)
+    _launch(cfg, "fwd_partial", (n_blk, triton.cdiv(c, block_c), n),
+            xv, pcnt, psum, pm2, L, c, xv.stride(0), xv.stride(1), n_blk)
     mean = torch.empty((n, groups), device=x.device, dtype=sdt)
     rstd = torch.empty_like(mean)
-    _fwd_merge[(n * groups,)](pcnt, psum, pm2, mean, rstd, c, cg, groups, n_blk, eps,
-                              BLOCK_B=64, BLOCK_CG=triton.next_power_of_2(cg), ACC=acc, num_warps=4)
+    _launch(cfg, "fwd_merge", (n * groups,), pcnt, psum, pm2, mean, rstd, c, c // groups, groups, n_blk, eps)
     # 2. normalise (+ SiLU) into y, which keeps x's strides
     y = torch.empty_like(x)
-    yv = nlc_view(y)
-    _fwd_apply[(triton.cdiv(L, block_l), triton.cdiv(c, block_c), n)](
-        xv, yv, mean, rstd, weight, bias, L, c, cg, groups, xv.stride(0), xv.stride(1),
-        SILU=silu, BLOCK_L=block_l, BLOCK_C=block_c, ACC=acc, num_warps=8)
+    _launch(cfg, "fwd_apply", _apply_grid(cfg, L, c, n), xv, nlc_view(y), mean, rstd, weight, bias, L, c, c // groups, groups,
+            xv.stride(0), xv.stride(1))
     return y, mean, rstd
 
 
@@ -336,23 +368,21 @@ def _group_norm_bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Tensor, mean: T
     dyv = nlc_view(dy)
     if dyv is None:  # a gradient in another layout: one copy into x's
         dyv = dy.movedim(1, -1).reshape(n, L, c).contiguous()
-    acc, sdt = _acc(x.dtype)
-    block_c, block_l, tiles, n_blk = _tiles(L, c)
+    _, sdt = _acc(x.dtype)
+    block_c, _, _, n_blk = _tiles(L, c)
+    cfg = kernel_configs(L, c, groups, x.dtype, silu)
+    strides = (xv.stride(0), xv.stride(1), dyv.stride(0), dyv.stride(1))
     # 4. partial sums of dz and dz * xhat, then per-channel sums and the group's m1, m2 (5.)
     pa, pb = (torch.empty((n, n_blk, c), device=x.device, dtype=sdt) for _ in range(2))
-    _bwd_partial[(n_blk, triton.cdiv(c, block_c), n)](
-        xv, dyv, mean, rstd, weight, bias, pa, pb, L, c, cg, groups, xv.stride(0), xv.stride(1),
-        dyv.stride(0), dyv.stride(1), n_blk, SILU=silu, TILES=tiles, BLOCK_L=block_l, BLOCK_C=block_c,
-        ACC=acc, num_warps=8)
+    _launch(cfg, "bwd_partial", (n_blk, triton.cdiv(c, block_c), n),
+            xv, dyv, mean, rstd, weight, bias, pa, pb, L, c, cg, groups, *strides, n_blk)
     sa, sb = (torch.empty((n, c), device=x.device, dtype=sdt) for _ in range(2))
     m1, m2 = torch.empty_like(mean), torch.empty_like(mean)
-    _bwd_merge[(n * groups,)](pa, pb, weight, sa, sb, m1, m2, float(L * cg), c, cg, groups, n_blk,
-                              BLOCK_B=64, BLOCK_CG=triton.next_power_of_2(cg), ACC=acc, num_warps=4)
+    _launch(cfg, "bwd_merge", (n * groups,), pa, pb, weight, sa, sb, m1, m2, float(L * cg), c, cg, groups, n_blk)
     # 6. dx in x's layout
     dx = torch.empty_like(x)
-    _bwd_apply[(triton.cdiv(L, block_l), triton.cdiv(c, block_c), n)](
-        xv, dyv, nlc_view(dx), mean, rstd, weight, bias, m1, m2, L, c, cg, groups, xv.stride(0), xv.stride(1),
-        dyv.stride(0), dyv.stride(1), SILU=silu, BLOCK_L=block_l, BLOCK_C=block_c, ACC=acc, num_warps=8)
+    _launch(cfg, "bwd_apply", _apply_grid(cfg, L, c, n),
+            xv, dyv, nlc_view(dx), mean, rstd, weight, bias, m1, m2, L, c, cg, groups, *strides)
     return dx, sb.sum(0).to(weight.dtype), sa.sum(0).to(bias.dtype)
 
 
