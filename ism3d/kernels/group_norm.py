@@ -83,9 +83,9 @@ def reference_group_norm(x: Tensor, weight: Tensor, bias: Tensor, groups: int, e
 if triton is not None:
 
     @triton.jit
-    def _fwd_partial(X, PCNT, PSUM, PM2, L, C, stride_n, stride_l, n_blk,
-                     TILES: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
-        """Per (n, row block of TILES * BLOCK_L rows, channel tile): count, sum, centred M2."""
+    def _fwd_partial(X, PCNT, PSUM, PM2, L, C, stride_n, stride_l, n_blk, tiles,
+                     BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+        """Per (n, row block of `tiles` * BLOCK_L rows, channel tile): count, sum, centred M2."""
         lb, cb, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         cols = cb * BLOCK_C + tl.arange(0, BLOCK_C)                          # [BC]
         cmask = cols < C
@@ -93,8 +93,8 @@ if triton is not None:
         cnt = tl.zeros([BLOCK_C], ACC)
         mean = tl.zeros([BLOCK_C], ACC)
         m2 = tl.zeros([BLOCK_C], ACC)
-        for t in range(TILES):
-            start = (lb * TILES + t) * BLOCK_L
+        for t in range(tiles):
+            start = (lb * tiles + t) * BLOCK_L
             rows = start + tl.arange(0, BLOCK_L)                             # [BL]
             mask = (rows < L)[:, None] & cmask[None, :]
             x = tl.load(base + rows.to(tl.int64)[:, None] * stride_l + cols[None, :], mask=mask,
@@ -185,7 +185,7 @@ if triton is not None:
 
     @triton.jit
     def _bwd_partial(X, DY, MEAN, RSTD, W, B, PA, PB, L, C, CG, G, stride_n, stride_l, dstride_n, dstride_l,
-                     n_blk, SILU: tl.constexpr, TILES: tl.constexpr, BLOCK_L: tl.constexpr,
+                     n_blk, tiles, SILU: tl.constexpr, BLOCK_L: tl.constexpr,
                      BLOCK_C: tl.constexpr, ACC: tl.constexpr):
         """Per (n, row block, channel tile): sum dz and sum dz * xhat (step 4's partials)."""
         lb, cb, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -198,8 +198,8 @@ if triton is not None:
         b = tl.load(B + cols, mask=cmask, other=0.0).to(ACC)
         sa = tl.zeros([BLOCK_C], ACC)
         sb = tl.zeros([BLOCK_C], ACC)
-        for t in range(TILES):
-            rows = (lb * TILES + t) * BLOCK_L + tl.arange(0, BLOCK_L)
+        for t in range(tiles):
+            rows = (lb * tiles + t) * BLOCK_L + tl.arange(0, BLOCK_L)
             r64 = rows.to(tl.int64)[:, None]
             mask = (rows < L)[:, None] & cmask[None, :]
             x = tl.load(X + n.to(tl.int64) * stride_n + r64 * stride_l + cols[None, :], mask=mask,
@@ -274,11 +274,11 @@ def _acc(dtype: torch.dtype):
 
 
 def _tiles(L: int, C: int) -> tuple[int, int, int, int]:
-    """(BLOCK_C, BLOCK_L, TILES, n_blk): channel tiles of the largest power of two <= 128 that
-    divides C (else C rounded up to a power of two, at most 128), ~8K values a tile, and up to 16
+    """(BLOCK_C, BLOCK_L, tiles, n_blk): channel tiles of the largest power of two <= 128 that
+    divides C (else C rounded up to a power of two, at most 128), ~4K values a tile, and up to 16
     row tiles merged in one partial so that the merge reads few partials."""
     block_c = next((b for b in (128, 64, 32, 16) if C % b == 0), min(128, triton.next_power_of_2(C)))
-    block_l = max(16, 8192 // block_c)
+    block_l = max(16, 4096 // block_c)
     tiles = max(1, min(16, L // (block_l * 64)))
     n_blk = triton.cdiv(L, block_l * tiles)
     return block_c, block_l, tiles, n_blk
@@ -288,16 +288,17 @@ def kernel_configs(L: int, c: int, groups: int, dtype: torch.dtype, silu: bool) 
     """name -> (constexprs, num_warps) of each kernel for one problem: what the launches below
     use, and what `benchmarks/diagnostics.py kernels` compiles for Hopper on any machine."""
     acc, _ = _acc(dtype)
-    block_c, block_l, tiles, _ = _tiles(L, c)
-    # partials: 8K-value tiles, 8 warps (78-130 registers a thread on sm_90, no spills); the
-    # elementwise passes: 2K-value tiles, 4 warps, so that more warps fit an SM (8K-value tiles
-    # took 152-185 registers: one 8-warp program an SM); merges: <= 1K values a loop step
+    block_c, block_l, _, _ = _tiles(L, c)
+    # registers a thread on sm_90 (`diagnostics.py kernels`, Triton 3.6 and 3.9, no spills) set
+    # the tiles: partials 4K values, 8 warps, a runtime loop over row tiles (55-103 registers;
+    # 8K-value tiles took 130-255, an unrolled loop 255); elementwise passes 2K values, 4 warps
+    # (64-96; 8K-value tiles took 152-185: one 8-warp program an SM); merges <= 1K a loop step
     tile = dict(BLOCK_L=block_l, BLOCK_C=block_c, ACC=acc)
     ew = dict(BLOCK_L=max(8, 2048 // block_c), BLOCK_C=block_c, ACC=acc)
     block_cg = triton.next_power_of_2(c // groups)
     merge = dict(BLOCK_B=min(64, max(8, 1024 // block_cg)), BLOCK_CG=block_cg, ACC=acc)
-    return {"fwd_partial": (dict(TILES=tiles, **tile), 8), "fwd_merge": (merge, 4),
-            "fwd_apply": (dict(SILU=silu, **ew), 4), "bwd_partial": (dict(SILU=silu, TILES=tiles, **tile), 8),
+    return {"fwd_partial": (tile, 8), "fwd_merge": (merge, 4),
+            "fwd_apply": (dict(SILU=silu, **ew), 4), "bwd_partial": (dict(SILU=silu, **tile), 8),
             "bwd_merge": (merge, 4), "bwd_apply": (dict(SILU=silu, **ew), 4)}
 
 
@@ -337,12 +338,12 @@ def _group_norm_fwd(x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: f
                     silu: bool) -> tuple[Tensor, Tensor, Tensor]:
     xv, n, L, c = _check(x, weight, bias, groups)
     _, sdt = _acc(x.dtype)
-    block_c, _, _, n_blk = _tiles(L, c)
+    block_c, _, tiles, n_blk = _tiles(L, c)
     cfg = kernel_configs(L, c, groups, x.dtype, silu)
     # 1. partials per (n, row block, channel), then the merge per (n, g)
     pcnt, psum, pm2 = (torch.empty((n, n_blk, c), device=x.device, dtype=sdt) for _ in range(3))
     _launch(cfg, "fwd_partial", (n_blk, triton.cdiv(c, block_c), n),
-            xv, pcnt, psum, pm2, L, c, xv.stride(0), xv.stride(1), n_blk)
+            xv, pcnt, psum, pm2, L, c, xv.stride(0), xv.stride(1), n_blk, tiles)
     mean = torch.empty((n, groups), device=x.device, dtype=sdt)
     rstd = torch.empty_like(mean)
     _launch(cfg, "fwd_merge", (n * groups,), pcnt, psum, pm2, mean, rstd, c, c // groups, groups, n_blk, eps)
@@ -369,13 +370,13 @@ def _group_norm_bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Tensor, mean: T
     if dyv is None:  # a gradient in another layout: one copy into x's
         dyv = dy.movedim(1, -1).reshape(n, L, c).contiguous()
     _, sdt = _acc(x.dtype)
-    block_c, _, _, n_blk = _tiles(L, c)
+    block_c, _, tiles, n_blk = _tiles(L, c)
     cfg = kernel_configs(L, c, groups, x.dtype, silu)
     strides = (xv.stride(0), xv.stride(1), dyv.stride(0), dyv.stride(1))
     # 4. partial sums of dz and dz * xhat, then per-channel sums and the group's m1, m2 (5.)
     pa, pb = (torch.empty((n, n_blk, c), device=x.device, dtype=sdt) for _ in range(2))
     _launch(cfg, "bwd_partial", (n_blk, triton.cdiv(c, block_c), n),
-            xv, dyv, mean, rstd, weight, bias, pa, pb, L, c, cg, groups, *strides, n_blk)
+            xv, dyv, mean, rstd, weight, bias, pa, pb, L, c, cg, groups, *strides, n_blk, tiles)
     sa, sb = (torch.empty((n, c), device=x.device, dtype=sdt) for _ in range(2))
     m1, m2 = torch.empty_like(mean), torch.empty_like(mean)
     _launch(cfg, "bwd_merge", (n * groups,), pa, pb, weight, sa, sb, m1, m2, float(L * cg), c, cg, groups, n_blk)
