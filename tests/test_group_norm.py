@@ -86,15 +86,16 @@ def test_half_precision_inputs_keep_fp32_statistics(dtype, tol):
 
 def test_variance_survives_a_mean_far_from_zero():
     """|mean| >> std: E[x^2] - E[x]^2 in fp32 loses the variance (1e4 against 9e-4); the centred
-    partials, Chan's merge and normalising x - mean before the affine keep it. (The bound is
-    fp32's own: a mean of 100 is stored to 4e-6, 1.3e-4 of this std.)"""
+    partials and Chan's merge keep it, as well as PyTorch's own fp32 GroupNorm does. (What is
+    left is fp32's own bound: a mean of 100 is stored to 4e-6, 1.3e-4 of this std.)"""
     gen = torch.Generator().manual_seed(2)
     x = _layout(100.0 + 0.03 * torch.randn(2, 64, 40, 40, generator=gen, dtype=torch.float64), "cl")
     x32 = x.float().to(DEV)
     w, b = torch.ones(64, device=DEV), torch.zeros(64, device=DEV)
-    y = group_norm_nhwc(x32, w, b, 32, 1e-12)
     ref = F.group_norm(x32.double(), 32, eps=1e-12)
-    assert _rel(y, ref) < 1e-3, _rel(y, ref)
+    ours = _rel(group_norm_nhwc(x32, w, b, 32, 1e-12), ref)
+    torch_fp32 = _rel(F.group_norm(x32.contiguous(), 32, eps=1e-12), ref)
+    assert ours < 1e-3 and ours < 3 * torch_fp32, (ours, torch_fp32)
     xc = x32.contiguous().view(2, 32, -1)
     naive = xc.pow(2).mean(-1) - xc.mean(-1) ** 2                                  # what we avoid
     true = xc.double().var(-1, unbiased=False)
