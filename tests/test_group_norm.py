@@ -155,20 +155,21 @@ def test_every_kernel_compiles_for_hopper_without_spills(tmp_path):
 # The prior: channels-last UNet and VAE encoder give the same eps and the same encoder gradient
 # ---------------------------------------------------------------------------------------------
 def _float64_prior(folder):
-    from ism3d.priors.stable_diffusion import StableDiffusionPrior
+    from ism3d.priors.stable_diffusion import load_stable_diffusion
 
-    p = StableDiffusionPrior.from_pretrained(folder, "cpu", "fp32")
+    p = load_stable_diffusion(folder, "cpu", "fp32")      # SD, or SDXL for an SDXL folder
     for m in (p.unet, p.vae, p.text_encoder):
         m.double()
     p.dtype = p.vae_dtype = torch.float64
     return p
 
 
-@pytest.mark.parametrize("sd_version", ["2", "1"])
+@pytest.mark.parametrize("sd_version", ["2", "1", "xl"])
 def test_channels_last_prior_matches_the_plain_one_in_float64(sd_version, tiny_sd_dir, tmp_path):
-    from tiny_sd import make_tiny_sd
+    from tiny_sd import make_tiny_sd, make_tiny_sdxl
 
-    folder = tiny_sd_dir if sd_version == "2" else str(make_tiny_sd(tmp_path / "sd1", sd_version="1"))
+    folder = {"2": lambda: tiny_sd_dir, "1": lambda: str(make_tiny_sd(tmp_path / "sd1", sd_version="1")),
+              "xl": lambda: str(make_tiny_sdxl(tmp_path / "xl"))}[sd_version]()
     plain, fast = _float64_prior(folder), _float64_prior(folder)
     n_gn = {name: sum(isinstance(m, torch.nn.GroupNorm) for m in net.modules())
             for name, net in (("unet", fast.unet), ("vae_encoder", fast.vae.encoder))}
