@@ -200,6 +200,34 @@ def test_channels_last_prior_matches_the_plain_one_in_float64(sd_version, tiny_s
         [(m, m.fast_calls, m.fallback_calls) for m in fused if m.fallback_calls or not m.fast_calls]
 
 
+def test_channels_last_networks_compile_as_one_graph_with_our_backward(tiny_sd_dir):
+    """torch.compile(fullgraph=True) traces the fused encoder's forward and backward (our custom
+    ops and their registered autograd) and the fused UNet without a graph break, and the compiled
+    calls give the eager values (aot_eager: the tracing of prior.compile, without inductor's
+    minutes of codegen on a CPU)."""
+    p = _float64_prior(tiny_sd_dir)
+    p.enable_channels_last()
+    gen = torch.Generator().manual_seed(6)
+    x = (torch.rand(2, 3, p.image_size, p.image_size, generator=gen, dtype=torch.float64) * 2 - 1)
+    x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(2, *p.latent_shape, generator=gen, dtype=torch.float64)
+    torch._dynamo.reset()
+    outs = []
+    for fn in (p._vae_moments, torch.compile(p._vae_moments, backend="aot_eager", fullgraph=True)):
+        xi = x.clone().requires_grad_(True)
+        mean, std = fn(xi)
+        outs.append((mean, torch.autograd.grad((mean * w).sum() + std.sum(), xi)[0]))
+    assert _rel(outs[1][0], outs[0][0]) < 1e-12 and _rel(outs[1][1], outs[0][1]) < 1e-12
+    z = torch.randn(2, *p.latent_shape, generator=gen, dtype=torch.float64).contiguous(
+        memory_format=torch.channels_last)
+    t, emb = torch.tensor([5, 600]), p.embed(["a red car", ""])
+    with torch.no_grad():
+        eager = p.unet_forward(z, t, emb)
+        compiled = torch.compile(p.unet_forward, backend="aot_eager", fullgraph=True)(z, t, emb)
+    assert _rel(compiled, eager) < 1e-12
+    torch._dynamo.reset()
+
+
 def test_prior_channels_last_config_reaches_summary(tiny_sd_dir):
     from ism3d.config import PriorConfig
     from ism3d.priors import load_prior

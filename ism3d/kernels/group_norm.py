@@ -42,31 +42,44 @@ try:
 except ImportError:  # pragma: no cover - CPU installs without triton
     triton = None
 
-__all__ = ["FusedGroupNorm", "group_norm_nhwc", "kernels_available", "nlc_view", "reference_group_norm"]
+__all__ = ["FusedGroupNorm", "channels_innermost", "group_norm_nhwc", "kernels_available", "nlc_view",
+           "reference_group_norm"]
+
+
+# read once, as `triton.jit` does when the kernels below are defined
+_INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def kernels_available(x: Tensor) -> bool:
     """Whether the Triton kernels can run on `x`'s device: CUDA with triton, or Triton's CPU
-    interpreter (TRITON_INTERPRET=1, how the tests run them)."""
+    interpreter (TRITON_INTERPRET=1 when ism3d.kernels was imported: how the tests run them)."""
     if triton is None:
         return False
-    if x.is_cuda:
-        return True
-    return x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return x.is_cuda or (x.device.type == "cpu" and _INTERPRETED)
+
+
+def channels_innermost(t: Tensor) -> bool:
+    """Whether t [N, C, *S] is laid out as [N, L, C] per sample (channel stride 1, the spatial
+    dims dense behind it): channels_last 4-D tensors and transposed [N, L, C] 3-D ones. Reads
+    shapes and strides only, so torch.compile traces it without a graph break."""
+    if t.dim() < 3:
+        return False
+    c = t.shape[1]
+    step = c
+    for d in range(t.dim() - 1, 1, -1):
+        if t.shape[d] != 1 and t.stride(d) != step:
+            return False
+        step *= t.shape[d]
+    return t.stride(1) == 1 or c == 1
 
 
 def nlc_view(t: Tensor) -> Tensor | None:
-    """[N, C, *S] -> the same memory as [N, L, C] with channel stride 1, or None if the channels
-    are not innermost (e.g. a plain NCHW tensor) or the spatial dims cannot merge into one."""
-    if t.dim() < 3:
+    """[N, C, *S] -> the same memory as [N, L, C] (channel stride 1), or None unless
+    `channels_innermost(t)`."""
+    if not channels_innermost(t):
         return None
     n, c = t.shape[:2]
-    v = t.movedim(1, -1)
-    try:
-        v = v.view(n, -1, c)
-    except RuntimeError:
-        return None
-    return v if v.stride(2) == 1 or c == 1 else None
+    return t.movedim(1, -1).reshape(n, -1, c)  # a view: the memory is already [N, L, C]
 
 
 def reference_group_norm(x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float,
@@ -450,7 +463,7 @@ class FusedGroupNorm(nn.GroupNorm):
         return new
 
     def forward(self, x: Tensor) -> Tensor:
-        fast = kernels_available(x) and nlc_view(x) is not None and x.dtype == self.weight.dtype
+        fast = kernels_available(x) and channels_innermost(x) and x.dtype == self.weight.dtype
         if not torch.compiler.is_compiling():  # counters would make dynamo recompile every call
             if fast:
                 self.fast_calls += 1
