@@ -231,13 +231,17 @@ def vae_calls(args, cfg: dict, dev, dt, size: int, time_ms) -> None:
     line = (f"VAE encoder 4x{size}^2 fwd+bwd, matmul attention ({layers} layers): eager "
             f"{time_ms(fwd_bwd(enc)):.1f} ms, fwd {time_ms(lambda: enc(x)):.1f} ms; input gradient "
             f"vs SDPA: relative difference {rel:.1e}")
-    if args.compile:
+    def compiled() -> str:
+        """--compile: the encoder compiled, forward+backward, and its compilation time."""
+        if not args.compile:
+            return ""
         c = torch.compile(enc, dynamic=False)
         t0 = time.perf_counter()
         fwd_bwd(c)()
         ct = time.perf_counter() - t0
-        line += f"; compiled {time_ms(fwd_bwd(c)):.1f} ms (compile {ct:.0f} s)"
-    print(line, flush=True)
+        return f"; compiled {time_ms(fwd_bwd(c)):.1f} ms (compile {ct:.0f} s)"
+
+    print(line + compiled(), flush=True)
     if args.kernels:
         kernel_table("matmul attention")
     if args.channels_last:
@@ -248,13 +252,7 @@ def vae_calls(args, cfg: dict, dev, dt, size: int, time_ms) -> None:
         rel = ((g_cl - g_mm).norm() / g_mm.norm()).item()
         line = (f"VAE encoder 4x{size}^2 fwd+bwd, NHWC + fused GroupNorm: eager {time_ms(fwd_bwd(enc)):.1f} ms, "
                 f"fwd {time_ms(lambda: enc(x)):.1f} ms; input gradient vs NCHW: relative difference {rel:.1e}")
-        if args.compile:
-            c = torch.compile(enc, dynamic=False)
-            t0 = time.perf_counter()
-            fwd_bwd(c)()
-            ct = time.perf_counter() - t0
-            line += f"; compiled {time_ms(fwd_bwd(c)):.1f} ms (compile {ct:.0f} s)"
-        print(line, flush=True)
+        print(line + compiled(), flush=True)
         if args.kernels:
             kernel_table("NHWC + fused GroupNorm")
 

@@ -129,6 +129,21 @@ if triton is not None:
         tl.store(PM2 + out, m2, mask=cmask)
 
     @triton.jit
+    def _sum_partials(P1, P2, n, n_blk, C, ch, cmask, BLOCK_B: tl.constexpr, BLOCK_CG: tl.constexpr,
+                      ACC: tl.constexpr):
+        """Two partial buffers [N, n_blk, C] summed over row blocks, for sample n and channels ch:
+        [BLOCK_B, BLOCK_CG] accumulators each (the caller reduces them)."""
+        acc1 = tl.zeros([BLOCK_B, BLOCK_CG], ACC)
+        acc2 = tl.zeros([BLOCK_B, BLOCK_CG], ACC)
+        for b0 in range(0, n_blk, BLOCK_B):
+            blk = b0 + tl.arange(0, BLOCK_B)
+            m = (blk < n_blk)[:, None] & cmask[None, :]
+            off = (n * n_blk + blk).to(tl.int64)[:, None] * C + ch[None, :]
+            acc1 += tl.load(P1 + off, mask=m, other=0.0)
+            acc2 += tl.load(P2 + off, mask=m, other=0.0)
+        return acc1, acc2
+
+    @triton.jit
     def _fwd_merge(PCNT, PSUM, PM2, MEAN, RSTD, C, CG, G, n_blk, eps,
                    BLOCK_B: tl.constexpr, BLOCK_CG: tl.constexpr, ACC: tl.constexpr):
         """Per (n, g): merge the partials of its channels -> mean, rstd."""
@@ -138,14 +153,7 @@ if triton is not None:
         ch = g * CG + j                                                      # [BCG]
         cmask = j < CG
         # 1. the group's count and mean
-        s_acc = tl.zeros([BLOCK_B, BLOCK_CG], ACC)
-        c_acc = tl.zeros([BLOCK_B, BLOCK_CG], ACC)
-        for b0 in range(0, n_blk, BLOCK_B):
-            blk = b0 + tl.arange(0, BLOCK_B)
-            m = (blk < n_blk)[:, None] & cmask[None, :]
-            off = (n * n_blk + blk).to(tl.int64)[:, None] * C + ch[None, :]
-            s_acc += tl.load(PSUM + off, mask=m, other=0.0)
-            c_acc += tl.load(PCNT + off, mask=m, other=0.0)
+        s_acc, c_acc = _sum_partials(PSUM, PCNT, n, n_blk, C, ch, cmask, BLOCK_B, BLOCK_CG, ACC)
         total = tl.sum(tl.sum(c_acc, axis=1), axis=0)
         mean = tl.sum(tl.sum(s_acc, axis=1), axis=0) / total
         # 2. M2 = sum_i [m2_i + cnt_i (mu_i - mean)^2]
@@ -163,6 +171,13 @@ if triton is not None:
         tl.store(RSTD + pid, 1.0 / tl.sqrt(var + eps))
 
     @triton.jit
+    def _channel_params(MEAN, RSTD, W, B, n, G, CG, cols, cmask, ACC: tl.constexpr):
+        """mu, rstd of each column's group and its w, b: four [BLOCK_C] vectors in ACC."""
+        grp = n * G + cols // CG
+        return (tl.load(MEAN + grp, mask=cmask, other=0.0), tl.load(RSTD + grp, mask=cmask, other=0.0),
+                tl.load(W + cols, mask=cmask, other=0.0).to(ACC), tl.load(B + cols, mask=cmask, other=0.0).to(ACC))
+
+    @triton.jit
     def _fwd_apply(X, Y, MEAN, RSTD, W, B, L, C, CG, G, stride_n, stride_l,
                    SILU: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
         """y = silu?((x - mu) * rstd * w + b), one tile."""
@@ -173,11 +188,7 @@ if triton is not None:
         mask = (rows < L)[:, None] & cmask[None, :]
         off = n.to(tl.int64) * stride_n + rows.to(tl.int64)[:, None] * stride_l + cols[None, :]
         x = tl.load(X + off, mask=mask, other=0.0).to(ACC)
-        grp = n * G + cols // CG
-        mu = tl.load(MEAN + grp, mask=cmask, other=0.0)
-        rstd = tl.load(RSTD + grp, mask=cmask, other=0.0)
-        w = tl.load(W + cols, mask=cmask, other=0.0).to(ACC)
-        b = tl.load(B + cols, mask=cmask, other=0.0).to(ACC)
+        mu, rstd, w, b = _channel_params(MEAN, RSTD, W, B, n, G, CG, cols, cmask, ACC)
         # centred first, as the backward recomputes it (the folded x * (rstd w) + (b - mu rstd w)
         # measured no worse: fp32's stored mean bounds both)
         z = (x - mu[None, :]) * (rstd * w)[None, :] + b[None, :]
@@ -205,11 +216,7 @@ if triton is not None:
         lb, cb, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         cols = cb * BLOCK_C + tl.arange(0, BLOCK_C)
         cmask = cols < C
-        grp = n * G + cols // CG
-        mu = tl.load(MEAN + grp, mask=cmask, other=0.0)
-        rstd = tl.load(RSTD + grp, mask=cmask, other=0.0)
-        w = tl.load(W + cols, mask=cmask, other=0.0).to(ACC)
-        b = tl.load(B + cols, mask=cmask, other=0.0).to(ACC)
+        mu, rstd, w, b = _channel_params(MEAN, RSTD, W, B, n, G, CG, cols, cmask, ACC)
         sa = tl.zeros([BLOCK_C], ACC)
         sb = tl.zeros([BLOCK_C], ACC)
         for t in range(tiles):
@@ -237,14 +244,7 @@ if triton is not None:
         j = tl.arange(0, BLOCK_CG)
         ch = g * CG + j
         cmask = j < CG
-        a_acc = tl.zeros([BLOCK_B, BLOCK_CG], ACC)
-        b_acc = tl.zeros([BLOCK_B, BLOCK_CG], ACC)
-        for b0 in range(0, n_blk, BLOCK_B):
-            blk = b0 + tl.arange(0, BLOCK_B)
-            m = (blk < n_blk)[:, None] & cmask[None, :]
-            off = (n * n_blk + blk).to(tl.int64)[:, None] * C + ch[None, :]
-            a_acc += tl.load(PA + off, mask=m, other=0.0)
-            b_acc += tl.load(PB + off, mask=m, other=0.0)
+        a_acc, b_acc = _sum_partials(PA, PB, n, n_blk, C, ch, cmask, BLOCK_B, BLOCK_CG, ACC)
         a = tl.sum(a_acc, axis=0)                                            # [BCG]
         b = tl.sum(b_acc, axis=0)
         tl.store(SA + n * C + ch, a, mask=cmask)
@@ -267,11 +267,8 @@ if triton is not None:
         x = tl.load(X + off, mask=mask, other=0.0).to(ACC)
         dy = tl.load(DY + n.to(tl.int64) * dstride_n + r64 * dstride_l + cols[None, :], mask=mask,
                      other=0.0).to(ACC)
+        mu, rstd, w, b = _channel_params(MEAN, RSTD, W, B, n, G, CG, cols, cmask, ACC)
         grp = n * G + cols // CG
-        mu = tl.load(MEAN + grp, mask=cmask, other=0.0)
-        rstd = tl.load(RSTD + grp, mask=cmask, other=0.0)
-        w = tl.load(W + cols, mask=cmask, other=0.0).to(ACC)
-        b = tl.load(B + cols, mask=cmask, other=0.0).to(ACC)
         m1 = tl.load(M1 + grp, mask=cmask, other=0.0)
         m2 = tl.load(M2 + grp, mask=cmask, other=0.0)
         dz, xhat = _bwd_dz(x, dy, mu, rstd, w, b, SILU)
