@@ -183,10 +183,16 @@ class StableDiffusionPrior(GraphedUNet):
         """Run the UNet and the VAE encoder channels-last with the fused GroupNorm kernels
         (`channels_last.py`); returns what was swapped, per network. Call before CUDA graphs
         and compile."""
+        from ism3d.kernels.group_norm import triton
+
         from .channels_last import use_channels_last
 
         if self.channels_last:
             return {}
+        if self.device.type == "cuda" and triton is None:
+            warnings.warn("prior.channels_last: triton is not installed, so PyTorch's GroupNorm runs on the "
+                          "channels-last tensors (slower than without the option); pip install triton",
+                          stacklevel=2)
         self.channels_last = True
         return {"unet": use_channels_last(self.unet), "vae_encoder": self._vae_channels_last()}
 
