@@ -2,8 +2,8 @@
 speed per preset: per-phase breakdown, ms/iteration, minutes per asset, peak memory,
 side by side with a straightforward eager baseline of the same math (issue #11).
 
-    python benchmarks/bench_speed.py [--presets paper,fast,toy] [--iters 40] [--warmup 8]
-                                     [--model SD_FOLDER] [--rows optimized,nhwc,compiled,compiled_nhwc,baseline] [--json out.json]
+    python benchmarks/bench_speed.py [--presets paper,fast,toy] [--iters 40] [--warmup 8] [--model SD_FOLDER]
+                                     [--rows optimized,nhwc,compiled,compiled_nhwc,baseline] [--json out.json]
 
 Runs the real trainer (`ism3d.train.train`) with `ism3d.profiling` on: CUDA events around each
 phase, no extra host syncs inside a step. Latent presets use random weights of the exact

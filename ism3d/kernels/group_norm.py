@@ -360,8 +360,8 @@ def _group_norm_fwd(x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: f
     _launch(cfg, "fwd_merge", (n * groups,), pcnt, psum, pm2, mean, rstd, c, c // groups, groups, n_blk, eps)
     # 2. normalise (+ SiLU) into y, which keeps x's strides
     y = torch.empty_like(x)
-    _launch(cfg, "fwd_apply", _apply_grid(cfg, L, c, n), xv, nlc_view(y), mean, rstd, weight, bias, L, c, c // groups, groups,
-            xv.stride(0), xv.stride(1))
+    _launch(cfg, "fwd_apply", _apply_grid(cfg, L, c, n), xv, nlc_view(y), mean, rstd, weight, bias,
+            L, c, c // groups, groups, xv.stride(0), xv.stride(1))
     return y, mean, rstd
 
 

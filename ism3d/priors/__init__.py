@@ -97,7 +97,8 @@ def check_custom_files(cfg: "PriorConfig") -> None:
 
 def customise(prior, cfg: "PriorConfig") -> None:
     """A separate VAE, textual inversions, LoRAs (fused), attention slicing, channels-last networks
-    and offload, in that order; what was done goes to `prior.custom` (summary.json). Raises PriorError (one line)."""
+    and offload, in that order; what was done goes to `prior.custom` (summary.json). Raises
+    PriorError (one line)."""
     from .lora import fuse_loras
     from .offload import enable_offload
     from .textual_inversion import load_textual_inversions
