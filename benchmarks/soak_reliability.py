@@ -15,6 +15,10 @@ look (issue #24)? Four bounded soaks on this machine (CPU, loopback only), one J
             are SIGKILLed mid-job. Every line must end done (rescheduled) or resumable, the
             index consistent, no run lost or duplicated.
     local   the same with the local backend, its worker process SIGKILLed mid-job.
+    memory  does a long-serving web app's memory grow, and where? (a) `ism3d serve` in its own
+            process, C clients (default 4) submitting tiny jobs for S seconds: the server's
+            resident memory every 10 s; (b) the JobManager alone (no Gradio), 400 tiny jobs in
+            this process: resident memory and the Python heap growth (tracemalloc) per 100 jobs.
 
 Run (from the repository root):
     python benchmarks/soak_reliability.py all            # ~10-15 minutes on a 2-core CPU
@@ -22,6 +26,7 @@ Run (from the repository root):
     python benchmarks/soak_reliability.py app --clients 20 --seconds 150
     python benchmarks/soak_reliability.py ray
     python benchmarks/soak_reliability.py local
+    python benchmarks/soak_reliability.py memory --clients 4 --seconds 420
 """
 from __future__ import annotations
 
@@ -246,6 +251,84 @@ def soak_app(clients: int = 20, seconds: float = 150, seed: int = 0) -> dict:
     return out
 
 
+# ------------------------------------------------------------------------------------ memory
+def _rss_mb(pid: int | str = "self") -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(ln for ln in f if ln.startswith("VmRSS")).split()[1]) // 1024
+
+
+def soak_memory(clients: int = 4, seconds: float = 420, manager_jobs: int = 400) -> dict:
+    """(a) the served app in its own process under load; (b) the JobManager alone."""
+    import gc
+    import tracemalloc
+
+    from gradio_client import Client
+    from servers import free_port
+
+    from ism3d.app.jobs import JobManager, JobRequest
+
+    fast = "train.batch=1 output.video_frames=4 output.gif=false output.mesh=false output.video_size=32"
+    work = Path(tempfile.mkdtemp(prefix="soak-memory-"))
+    # (a) `ism3d serve` as a user runs it
+    port = free_port()
+    srv = subprocess.Popen([sys.executable, "-m", "ism3d", "serve", "--port", str(port), "--out",
+                            str(work / "served")], env=_env(), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/"
+    for _ in range(120):
+        try:
+            Client(url, verbose=False, analytics_enabled=False, download_files=False)
+            break
+        except Exception:  # noqa: BLE001  (not up yet)
+            time.sleep(1)
+    stop_at, done, samples = time.time() + seconds, [0], []
+
+    def client_loop(k: int):
+        rng = random.Random(k)
+        c = Client(url, verbose=False, analytics_enabled=False, download_files=False)
+        while time.time() < stop_at:
+            words = rng.choice(["red cube", "blue ball", "green cone", "small house"])
+            c.submit(f"a {words}", "", "tiny", "tiny", "sds", 7.5, rng.randint(0, 3), rng.randint(2, 5), 0,
+                     fast, api_name="/generate").result()
+            done[0] += 1
+
+    threads = [threading.Thread(target=client_loop, args=(k,), daemon=True) for k in range(clients)]
+    for t in threads:
+        t.start()
+    t0 = time.time()
+    while any(t.is_alive() for t in threads):
+        samples.append((round(time.time() - t0), _rss_mb(srv.pid), done[0]))
+        time.sleep(10)
+    srv.terminate()
+    srv.wait(timeout=30)
+    after_first = next((mb for _, mb, n in samples if n >= 20), samples[-1][1])
+    served = {"jobs": done[0], "rss_mb_idle": samples[0][1], "rss_mb_after_20_jobs": after_first,
+              "rss_mb_end": samples[-1][1], "rss_mb_max": max(mb for _, mb, _ in samples),
+              "mb_per_1000_jobs_after_20": round((samples[-1][1] - after_first) * 1000
+                                                 / max(1, done[0] - 20), 1)}
+    # (b) our job layer alone: train + export tiny runs, no Gradio
+    manager = JobManager(work / "direct", devices=["cpu"])
+
+    def jobs(n: int) -> None:
+        for i in range(n):
+            manager.start(JobRequest(prompt="a red cube", preset="tiny", iters=3, overrides=fast, seed=i % 4)).wait()
+
+    jobs(30)
+    gc.collect()
+    tracemalloc.start()
+    rss = [_rss_mb()]
+    for _ in range(manager_jobs // 100):
+        jobs(100)
+        gc.collect()
+        rss.append(_rss_mb())
+    heap_mb = tracemalloc.get_traced_memory()[0] / 2**20
+    tracemalloc.stop()
+    shutil.rmtree(work, ignore_errors=True)
+    direct = {"jobs": manager_jobs, "rss_mb_per_100_jobs": rss, "python_heap_growth_mb": round(heap_mb, 1)}
+    return {"soak": "memory", "clients": clients, "seconds": seconds, "served": served, "job_manager": direct,
+            "ok": direct["python_heap_growth_mb"] < 20 and rss[-1] - rss[0] < 50}
+
+
 # ------------------------------------------------------------------------------------ batch
 def _prompts(folder: Path, n: int) -> Path:
     words = ["red cube", "blue ball", "green cone", "small house", "tall chair", "white mug"]
@@ -392,16 +475,17 @@ class _suppress:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("which", choices=["storm", "app", "ray", "local", "all"])
+    p.add_argument("which", choices=["storm", "app", "ray", "local", "memory", "all"])
     p.add_argument("--kills", type=int, default=20)
     p.add_argument("--clients", type=int, default=20)
     p.add_argument("--seconds", type=float, default=150)
     p.add_argument("--prompts", type=int, default=4)
     a = p.parse_args()
     runs = {"storm": lambda: soak_storm(a.kills), "app": lambda: soak_app(a.clients, a.seconds),
-            "ray": lambda: soak_ray(a.prompts), "local": lambda: soak_local(a.prompts)}
+            "ray": lambda: soak_ray(a.prompts), "local": lambda: soak_local(a.prompts),
+            "memory": lambda: soak_memory(a.clients, a.seconds)}
     ok = True
-    for name in (runs if a.which == "all" else [a.which]):
+    for name in ([n for n in runs if n != "memory"] if a.which == "all" else [a.which]):
         res = runs[name]()
         ok &= bool(res.get("ok"))
         print(json.dumps(res), flush=True)

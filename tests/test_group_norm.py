@@ -115,17 +115,17 @@ def test_nlc_view_accepts_only_channels_innermost_memory():
 
 def test_fused_module_is_a_drop_in_group_norm():
     gen = torch.Generator().manual_seed(3)
-    gn = torch.nn.GroupNorm(4, 16, eps=1e-6).double()
+    gn = torch.nn.GroupNorm(4, 16, eps=1e-6).double().to(DEV)
     with torch.no_grad():
-        gn.weight.copy_(torch.randn(16, generator=gen, dtype=torch.float64))
-        gn.bias.copy_(torch.randn(16, generator=gen, dtype=torch.float64))
+        gn.weight.copy_(torch.randn(16, generator=gen, dtype=torch.float64).to(DEV))
+        gn.bias.copy_(torch.randn(16, generator=gen, dtype=torch.float64).to(DEV))
     fused = FusedGroupNorm.replacing(gn, silu=True)
     assert fused.weight is gn.weight and set(fused.state_dict()) == set(gn.state_dict())
-    x = torch.randn(2, 16, 5, 5, generator=gen, dtype=torch.float64)
+    x = torch.randn(2, 16, 5, 5, generator=gen, dtype=torch.float64).to(DEV)
     want = F.silu(gn(x))
     assert torch.allclose(fused(x), want, rtol=0, atol=1e-12)                       # NCHW: torch path
     assert torch.allclose(fused(x.contiguous(memory_format=torch.channels_last)), want, rtol=0, atol=1e-12)
-    assert (fused.fallback_calls, fused.fast_calls) == (1, 1 if kernels_available(x) else 0)
+    assert kernels_available(x) and (fused.fallback_calls, fused.fast_calls) == (1, 1)
 
 
 def test_every_kernel_compiles_for_hopper_without_spills(tmp_path):
@@ -157,7 +157,7 @@ def test_every_kernel_compiles_for_hopper_without_spills(tmp_path):
 def _float64_prior(folder):
     from ism3d.priors.stable_diffusion import load_stable_diffusion
 
-    p = load_stable_diffusion(folder, "cpu", "fp32")      # SD, or SDXL for an SDXL folder
+    p = load_stable_diffusion(folder, DEV, "fp32")        # SD, or SDXL for an SDXL folder
     for m in (p.unet, p.vae, p.text_encoder):
         m.double()
     p.dtype = p.vae_dtype = torch.float64
@@ -209,8 +209,8 @@ def test_channels_last_networks_compile_as_one_graph_with_our_backward(tiny_sd_d
     p.enable_channels_last()
     gen = torch.Generator().manual_seed(6)
     x = (torch.rand(2, 3, p.image_size, p.image_size, generator=gen, dtype=torch.float64) * 2 - 1)
-    x = x.contiguous(memory_format=torch.channels_last)
-    w = torch.randn(2, *p.latent_shape, generator=gen, dtype=torch.float64)
+    x = x.to(DEV).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(2, *p.latent_shape, generator=gen, dtype=torch.float64).to(DEV)
     torch._dynamo.reset()
     outs = []
     for fn in (p._vae_moments, torch.compile(p._vae_moments, backend="aot_eager", fullgraph=True)):
@@ -218,9 +218,9 @@ def test_channels_last_networks_compile_as_one_graph_with_our_backward(tiny_sd_d
         mean, std = fn(xi)
         outs.append((mean, torch.autograd.grad((mean * w).sum() + std.sum(), xi)[0]))
     assert _rel(outs[1][0], outs[0][0]) < 1e-12 and _rel(outs[1][1], outs[0][1]) < 1e-12
-    z = torch.randn(2, *p.latent_shape, generator=gen, dtype=torch.float64).contiguous(
+    z = torch.randn(2, *p.latent_shape, generator=gen, dtype=torch.float64).to(DEV).contiguous(
         memory_format=torch.channels_last)
-    t, emb = torch.tensor([5, 600]), p.embed(["a red car", ""])
+    t, emb = torch.tensor([5, 600], device=DEV), p.embed(["a red car", ""])
     with torch.no_grad():
         eager = p.unet_forward(z, t, emb)
         compiled = torch.compile(p.unet_forward, backend="aot_eager", fullgraph=True)(z, t, emb)

@@ -7,8 +7,9 @@
 #   run(command="bash tools/gpu_pending.sh custom", carry=[".dev/carry"])    # ~6 min  (#26, #27)
 # Each writes its logs and JSON under $OUT (copied back): put the JSON in docs/benchmarks/ and the
 # figures in BENCHMARKS.md. Stages go on after a failing step, and the script exits non-zero.
-#   kernels   GPU tests of the GroupNorm kernels, the channels-last path and the fast paths; the
-#             kernels against PyTorch's GroupNorm per shape; both networks per call, NCHW vs NHWC
+#   kernels   the GroupNorm kernels' tests (all of them: on CUDA the float64 ones run the compiled
+#             kernels), the GPU tests of the fast paths; the kernels against PyTorch's GroupNorm
+#             per shape; both networks per call, NCHW vs NHWC
 #   speed     the trainer: paper and fast, rows optimized (previous default), nhwc, baseline
 #   compiled  the trainer: paper, rows compiled and compiled_nhwc (compilation is minutes)
 #   custom    SDXL and the low-VRAM modes (bench_custom_models), their GPU tests, and scoring's
@@ -30,8 +31,9 @@ step() {  # step NAME CMD...: run, tee to $OUT/NAME.txt, remember a failure
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 case "${1:-}" in
     kernels)
-        step gpu_tests python -m pytest -q -m gpu tests/test_group_norm.py tests/test_speed_paths.py \
-            tests/test_cuda_graph.py
+        # all of test_group_norm.py: on CUDA its float64 tests run the compiled kernels too
+        step gpu_tests python -m pytest -q tests/test_group_norm.py
+        step gpu_paths python -m pytest -q -m gpu tests/test_speed_paths.py tests/test_cuda_graph.py
         step group_norm python benchmarks/diagnostics.py group-norm
         step calls python benchmarks/diagnostics.py calls --channels-last --batches 4,8
         ;;
