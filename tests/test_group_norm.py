@@ -2,10 +2,12 @@
 
 On a CPU the kernels run in Triton's interpreter (conftest sets TRITON_INTERPRET=1), so these
 tests check the kernels' own arithmetic in float64 against torch.nn.functional.group_norm, the
-independent reference; on the GPU (marked `gpu`) the compiled kernels are checked to
-half-precision tolerance at the networks' full sizes.
+independent reference. On a CUDA machine the same tests run the compiled kernels, and the ones
+marked `gpu` check them to half-precision tolerance at the networks' full sizes.
 """
 from __future__ import annotations
+
+import zlib
 
 import pytest
 import torch
@@ -50,7 +52,7 @@ CASES = [(s, lay) for s in SHAPES for lay in ("cl", "nlc3d") if lay == "cl" or s
 @pytest.mark.parametrize("silu", [False, True], ids=["gn", "gn_silu"])
 def test_kernels_match_group_norm_in_float64(shape, layout, silu):
     n, c, h, w_, g = shape
-    gen = torch.Generator().manual_seed(hash((shape, silu, layout)) % 2**31)
+    gen = torch.Generator().manual_seed(zlib.crc32(repr((shape, silu, layout)).encode()))
     x = _layout(torch.randn(n, c, h, w_, generator=gen, dtype=torch.float64) * 2 + 3, layout).to(DEV)
     w = torch.randn(c, generator=gen, dtype=torch.float64).to(DEV)
     b = torch.randn(c, generator=gen, dtype=torch.float64).to(DEV)
