@@ -16,6 +16,18 @@
 #             120-view cost (bench_score)
 set -uo pipefail
 cd "$(dirname "$0")/.."
+case "${1:-}" in
+    kernels|speed|compiled|custom) ;;
+    *) echo "usage: bash tools/gpu_pending.sh kernels|speed|compiled|custom" >&2; exit 2 ;;
+esac
+if ! command -v nvidia-smi >/dev/null; then
+    echo "tools/gpu_pending.sh runs on the GPU machine: run(command=\"bash tools/gpu_pending.sh $1\", carry=[\".dev/carry\"])" >&2
+    exit 2
+fi
+if [ ! -f .dev/carry/env.sh ]; then
+    echo "no .dev/carry: run 'bash tools/device_carry.sh' on the CPU machine and pass carry=[\".dev/carry\"]" >&2
+    exit 2
+fi
 source .dev/carry/env.sh
 OUT=${OUT:-/tmp/ism3d_gpu_out}
 mkdir -p "$OUT"
@@ -49,10 +61,6 @@ case "${1:-}" in
         step custom_models sh -c "python benchmarks/bench_custom_models.py > '$OUT/custom_models.json'"
         step custom_tests python -m pytest -q -m gpu tests/test_custom_models.py tests/test_score.py
         step score python benchmarks/bench_score.py
-        ;;
-    *)
-        echo "usage: bash tools/gpu_pending.sh kernels|speed|compiled|custom" >&2
-        exit 2
         ;;
 esac
 exit $rc
