@@ -275,6 +275,9 @@ if triton is not None:
         dx = rstd[None, :] * (w[None, :] * dz - m1[None, :] - xhat * m2[None, :])
         tl.store(DX + off, dx.to(DX.dtype.element_ty), mask=mask)
 
+    KERNELS = {"fwd_partial": _fwd_partial, "fwd_merge": _fwd_merge, "fwd_apply": _fwd_apply,
+               "bwd_partial": _bwd_partial, "bwd_merge": _bwd_merge, "bwd_apply": _bwd_apply}
+
 
 # ---------------------------------------------------------------------------------------------
 # Launch geometry
@@ -313,13 +316,9 @@ def kernel_configs(L: int, c: int, groups: int, dtype: torch.dtype, silu: bool) 
             "bwd_merge": (merge, 4), "bwd_apply": (dict(SILU=silu, **ew), 4)}
 
 
-KERNELS = {"fwd_partial": "_fwd_partial", "fwd_merge": "_fwd_merge", "fwd_apply": "_fwd_apply",
-           "bwd_partial": "_bwd_partial", "bwd_merge": "_bwd_merge", "bwd_apply": "_bwd_apply"}
-
-
 def kernel(name: str):
     """The Triton kernel behind a `kernel_configs` name."""
-    return globals()[KERNELS[name]]
+    return KERNELS[name]
 
 
 def _apply_grid(configs: dict, L: int, c: int, n: int) -> tuple[int, int, int]:
@@ -452,11 +451,8 @@ class FusedGroupNorm(nn.GroupNorm):
         """A FusedGroupNorm sharing `gn`'s parameters (no copy)."""
         if not gn.affine:
             raise ValueError("FusedGroupNorm replaces affine GroupNorm layers only")
-        new = cls.__new__(cls)
-        nn.Module.__init__(new)
-        new.num_groups, new.num_channels, new.eps, new.affine = gn.num_groups, gn.num_channels, gn.eps, True
+        new = cls(gn.num_groups, gn.num_channels, gn.eps, silu, device="meta")  # no storage
         new.weight, new.bias = gn.weight, gn.bias
-        new.silu, new.fast_calls, new.fallback_calls = silu, 0, 0
         return new
 
     def forward(self, x: Tensor) -> Tensor:
