@@ -220,11 +220,11 @@ def quality(args) -> None:
         kinds = ["vertex", "texture"]
         meshes = {"texture": tm}
         if args.project:
-            from ism3d.export.mesh_texture import bake_texture
+            from ism3d.export.mesh_texture import bake_texture, render_colour
             t3 = time.perf_counter()
             meshes["projected"] = bake_texture(np.asarray(mesh.vertices), np.asarray(mesh.faces),
                                                np.asarray(mesh.vertex_normals),
-                                               projected_colour(g),
+                                               render_colour(g),       # the product's render bake
                                                size=args.texture or 1024)
             proj_s = round(time.perf_counter() - t3, 2)
             kinds.append("projected")
@@ -263,51 +263,6 @@ def quality(args) -> None:
             both = silhouette(a) & silhouette(ref_a)          # colour alone, where both cover
             row[f"{kind}_psnr_inside"] = round(float(psnr_from_mse(masked_mse(rgb, ref_rgb, both))), 2)
         print(json.dumps(row), flush=True)
-
-
-def projected_colour(g: Gaussians, views: int = 24, size: int = 256):
-    """The other bake (--project): render the gaussians from `views` azimuths x polar 70/110 (off
-    the eval ring's azimuths), and give each point the mean colour of the views that see it
-    (render depth within 1.5 % of the camera distance, alpha > 0.9); points no view sees take
-    the gaussian field's colour."""
-    import numpy as np
-
-    from ism3d.cameras import orbit_cameras
-    from ism3d.export.mesh_grid import _cpu
-    from ism3d.export.mesh_texture import field_colour
-    from ism3d.render import render
-
-    az = torch.arange(views, dtype=torch.float64) * (360.0 / views) + 180.0 / views
-    polar = torch.cat([torch.full((views,), 70.0), torch.full((views,), 110.0)]).double()
-    cams = orbit_cameras(polar, torch.cat([az, az]), torch.full((2 * views,), 3.5, dtype=torch.float64),
-                         torch.full((2 * views,), 0.55, dtype=torch.float64), size, size)
-    out = render(g, cams, torch.ones(3), backend="torch")
-    rgb = out.rgb.permute(0, 2, 3, 1).double().numpy()                     # [C, H, W, 3]
-    depth, alpha = out.depth[:, 0].double().numpy(), out.alpha[:, 0].double().numpy()
-    V, K = cams.viewmats.double().numpy(), cams.Ks.double().numpy()
-    fallback = field_colour(_cpu(g))
-
-    def sample(points):
-        P = len(points)
-        acc, cnt = np.zeros((P, 3)), np.zeros(P)
-        for c in range(len(V)):
-            cam = points @ V[c, :3, :3].T + V[c, :3, 3]
-            z = cam[:, 2]
-            u = cam[:, 0] / z * K[c, 0, 0] + K[c, 0, 2] - 0.5
-            v = cam[:, 1] / z * K[c, 1, 1] + K[c, 1, 2] - 0.5
-            iu, iv = np.round(u).astype(int), np.round(v).astype(int)
-            ok = (iu >= 0) & (iu < size) & (iv >= 0) & (iv < size)
-            iu, iv = np.clip(iu, 0, size - 1), np.clip(iv, 0, size - 1)
-            ok &= alpha[c, iv, iu] > 0.9
-            ok &= np.abs(depth[c, iv, iu] - z) < 0.015 * 3.5
-            acc[ok] += rgb[c, iv[ok], iu[ok]]
-            cnt[ok] += 1
-        out_c = fallback(points)
-        seen = cnt > 0
-        out_c[seen] = acc[seen] / cnt[seen, None]
-        return out_c
-
-    return sample
 
 
 def striped_ball(n: int = 20_000) -> Gaussians:

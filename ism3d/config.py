@@ -354,8 +354,8 @@ class OutputConfig:
     # detail; xatlas's unwrap time grows faster than the faces: ~1-5 s at 20k, ~2 min at 100k)
     texture_faces: int = 20_000
     # How the texture's colours are baked: "render" (the gaussians rendered from 48 views and
-    # projected onto the surface: ~2 dB closer to the gaussians' own renders, but 8-60 s of
-    # rendering on a CPU), "field" (the gaussian field's colour at each texel: seconds), "auto"
+    # projected onto the surface: 2.5-2.9 dB closer to the gaussians' own renders, but 5-10 s of
+    # rendering on a 2-core CPU for a toy scene, more with more gaussians), "field" (the gaussian field's colour at each texel: seconds), "auto"
     # (render on a GPU, field on the CPU)
     texture_bake: str = "auto"
 

@@ -7,9 +7,9 @@ colour at every texel's surface point.
        barycentric coordinates, hence its 3D surface point x = sum_k b_k v_k
     3. colour, two ways (`output.texture_bake`): render-and-project (`render_colour`: the
        gaussians rendered from 48 views around the object, each texel's point projected into
-       every view that sees it, depth-tested against the render, colours averaged) scores ~2 dB
+       every view that sees it, depth-tested against the render, colours averaged) scores 2.5-2.9 dB
        higher against the gaussians' own renders on the ToyWorld objects
-       (benchmarks/bench_mesh.py --quality --project) but its renders take 8-60 s on a 2-core CPU;
+       (benchmarks/bench_mesh.py --quality --project) but its renders take 5-10 s on a 2-core CPU (toy scenes);
        querying the gaussian field at the texel (`field_colour`: the density-weighted degree-0
        colour vertex colours use) takes seconds. `auto` (the default): render on a GPU, field
        on the CPU; the field is also the fallback for points no view sees
@@ -97,10 +97,10 @@ def render_colour(gaussians: Gaussians, views: int = 24, size: int = 256,
     there); a point no view sees (a deep concavity) takes the gaussian field's colour.
 
     Measured against the gaussians' renders on the eval ring (benchmarks/bench_mesh.py --quality
-    --project): +2.1 to +2.2 dB PSNR inside the silhouettes on the ToyWorld mug, house and chair
-    over querying the field at the texels (field_colour), +0.2 to +0.3 dB on a torus and a
+    --project): +2.5 to +2.9 dB PSNR inside the silhouettes on the ToyWorld mug, house and chair
+    over querying the field at the texels (field_colour), +0.4 to +0.8 dB on a torus and a
     striped ball; the splats' own blending is what a viewer of the gaussians saw. The price is
-    the 48 renders: instant on a GPU, but 8-60 s on a 2-core CPU for a toy scene, which is why
+    the 48 renders: instant on a GPU, but 5-10 s on a 2-core CPU for a toy scene, which is why
     `output.texture_bake=auto` uses it on a GPU only.
     """
     from ..cameras import orbit_cameras
